@@ -1,0 +1,1 @@
+"""minimind-studio's terminal front end: the CLI and the Textual studio."""
