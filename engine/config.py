@@ -208,6 +208,9 @@ class TrainStage(_Section):
     """How many checkpoints of this stage to keep; older ones are deleted."""
     on_bad_line: Literal["error", "skip"] = "error"
     """What to do with a malformed jsonl line: stop with its line number, or skip and count it."""
+    heldout_path: str | None = None
+    """Optional jsonl of held-out questions ({"messages": [...], "answer": "..."}) answered greedily after
+    the stage and scored by exact match (the built-in dataset/heldout.jsonl checks the tiny preset)."""
 
 
 def _sft_defaults() -> TrainStage:

@@ -1,0 +1,111 @@
+"""A chat with one checkpoint: loads model + tokenizer, keeps the history, streams replies.
+
+A pretrain checkpoint has never seen the chat template, so it continues plain text; an SFT checkpoint
+(or an imported model with a chat template) gets the conversation rendered with its template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from engine.checkpoint import Checkpoint, load_model_weights, resolve_checkpoint
+from engine.device import resolve_device
+from engine.generate import Sampling, generate, stream_text
+from engine.model import CausalLM
+from engine.tokenizer import load_tokenizer
+
+
+def load_model(ckpt: Checkpoint, device: str = "cpu") -> CausalLM:
+    model = CausalLM(ckpt.model_config)
+    load_model_weights(model, ckpt.path)
+    return model.to(resolve_device(device)).eval()
+
+
+class ChatSession:
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu", system_prompt: str | None = None) -> None:
+        self.checkpoint = ckpt
+        self.model = load_model(ckpt, device)
+        self.tokenizer = load_tokenizer(ckpt.tokenizer_dir)
+        self.mode = "chat" if ckpt.stage != "pretrain" and self.tokenizer.chat_template else "continue"
+        self.system_prompt = system_prompt
+        self.history: list[dict[str, str]] = []
+        self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("</s>")) if i is not None and i >= 0}
+
+    @classmethod
+    def open(cls, spec: str | Path, out_dir: str = "runs", **kwargs) -> ChatSession:
+        return cls(resolve_checkpoint(str(spec), out_dir), **kwargs)
+
+    def prompt_ids(self, user_text: str) -> list[int]:
+        if self.mode == "continue":
+            bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+            return bos + self.tokenizer.encode(user_text, add_special_tokens=False)
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + self.history
+        messages = messages + [{"role": "user", "content": user_text}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def reply(self, user_text: str, sampling: Sampling | None = None, use_cache: bool = True) -> Iterator[str]:
+        """Stream the answer piece by piece; the turn joins the history once it is complete."""
+        sampling = sampling or Sampling()
+        tokens = generate(self.model, self.prompt_ids(user_text), sampling, self.stop_ids, use_cache=use_cache)
+        pieces: list[str] = []
+        for piece in stream_text(self.tokenizer, tokens):
+            pieces.append(piece)
+            yield piece
+        if self.mode == "chat":
+            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(pieces)}]
+
+    def answer(self, user_text: str, sampling: Sampling | None = None) -> str:
+        return "".join(self.reply(user_text, sampling))
+
+    def clear(self) -> None:
+        self.history.clear()
+
+
+def read_heldout(path: Path) -> list[dict]:
+    """Held-out questions: one {"messages": [...], "answer": "..."} object per line."""
+    import json
+
+    from engine.data import DataFormatError
+
+    items = []
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item["messages"], list) or not isinstance(item["answer"], str):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataFormatError(
+                f'{path}:{line_no}: expected {{"messages": [{{"role": "user", "content": ...}}], "answer": "..."}}. '
+                "Fix or remove that line."
+            ) from None
+        items.append(item)
+    return items
+
+
+@torch.inference_mode()
+def exact_match(session: ChatSession, items: list[dict], max_new_tokens: int = 32) -> dict:
+    """Greedy answers to held-out questions ({"messages": [...], "answer": str}) scored by exact match."""
+    greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
+    results = []
+    for item in items:
+        session.clear()
+        *earlier, last = item["messages"]
+        session.history = list(earlier)
+        got = session.answer(last["content"], greedy).strip()
+        results.append({"id": item.get("id"), "kind": item.get("kind"), "expected": item["answer"], "got": got,
+                        "ok": got == item["answer"].strip()})
+    session.clear()
+    correct = sum(r["ok"] for r in results)
+    by_kind: dict[str, list[int]] = {}
+    for r in results:
+        by_kind.setdefault(r["kind"] or "all", [0, 0])
+        by_kind[r["kind"] or "all"][0] += r["ok"]
+        by_kind[r["kind"] or "all"][1] += 1
+    return {"accuracy": correct / max(1, len(results)), "correct": correct, "total": len(results),
+            "by_kind": {k: {"correct": c, "total": n} for k, (c, n) in by_kind.items()}, "results": results}

@@ -1,0 +1,316 @@
+"""One training loop for pretraining and SFT.
+
+The stages differ only in their data (packed text blocks vs. packed conversations with a loss mask)
+and their starting weights; everything else — schedule, accumulation, precision, evaluation,
+checkpoints, stop requests and resume — is shared here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from engine.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_model_weights,
+    restore_trainer_state,
+    save_checkpoint,
+)
+from engine.config import Preset, StageName, TrainStage
+from engine.data import EpochSampler, PretrainBlocks, SFTBlocks, build_token_cache, split_indices
+from engine.device import Precision, memory_snapshot, resolve_precision
+from engine.events import EventLog
+from engine.model import CausalLM, count_parameters, flops_per_token
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the message carries the step and advice."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    state: str  # "finished" | "stopped"
+    step: int
+    total_steps: int
+    final_loss: float | None
+    eval_loss: float | None
+    checkpoint: Path | None
+    seconds: float
+    tokens_seen: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainStage) -> float:
+    """Linear warmup to learning_rate, then cosine decay to learning_rate * min_lr_ratio (pure)."""
+    peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
+    if cfg.warmup_iters and step < cfg.warmup_iters:
+        return peak * (step + 1) / cfg.warmup_iters
+    span = max(1, total_steps - cfg.warmup_iters)
+    progress = min(1.0, (step - cfg.warmup_iters) / span)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainStage, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; the fused kernel on CUDA (one launch for all params)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
+
+
+def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: EventLog):
+    cfg = preset.stage(stage)
+    kind = "pretrain" if stage == "pretrain" else "sft"
+    started = time.perf_counter()
+    cache = build_token_cache(
+        Path(cfg.data_path), tokenizer_dir, kind, Path(preset.runtime.cache_dir), on_bad_line=cfg.on_bad_line
+    )
+    meta = dict(cache.meta)
+    skipped = meta.get("stats", {}).get("skipped", 0)
+    if skipped:
+        log.emit("warning", stage=stage, message=f"skipped {skipped} malformed line(s) of {cfg.data_path}")
+    blocks = PretrainBlocks(cache, cfg.max_seq_len) if kind == "pretrain" else SFTBlocks(cache, cfg.max_seq_len)
+    info = {
+        "data_path": cfg.data_path,
+        "n_docs": cache.n_docs,
+        "n_tokens": cache.n_tokens,
+        "blocks": len(blocks),
+        "cache_seconds": round(time.perf_counter() - started, 3),
+        "from_cache": bool(getattr(cache, "from_cache", False)),
+    }
+    if kind == "sft":
+        info["padding_fraction"] = round(float(blocks.padding_fraction), 4)
+    return blocks, info
+
+
+def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = zip(*batch)
+    return torch.stack(inputs), torch.stack(targets)
+
+
+def _loader(blocks, sampler: EpochSampler, num_workers: int, pin: bool, seed: int):
+    # A private generator: otherwise creating the iterator draws from the global RNG, and a resumed
+    # run (which restores the global RNG first) would get different dropout masks.
+    return torch.utils.data.DataLoader(
+        blocks, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate, pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+@torch.no_grad()
+def evaluate(model: CausalLM, blocks, indices, batch_size: int, max_batches: int, precision: Precision) -> float | None:
+    """Mean held-out loss over up to max_batches batches (token-weighted within each batch)."""
+    if len(indices) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    losses = []
+    for start in range(0, min(len(indices), batch_size * max_batches), batch_size):
+        inputs, targets = _collate([blocks[int(i)] for i in indices[start : start + batch_size]])
+        inputs, targets = inputs.to(precision.device), targets.to(precision.device)
+        with precision.autocast():
+            out = model(inputs, targets=targets)
+        losses.append(out.loss.float().item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def _peak_flops(precision: Precision) -> float | None:
+    try:
+        from engine.hardware import peak_flops
+    except ImportError:
+        return None
+    return peak_flops(precision)
+
+
+def train_stage(
+    stage: StageName,
+    preset: Preset,
+    run_dir: Path,
+    tokenizer_dir: Path,
+    log: EventLog,
+    *,
+    init_from: Checkpoint | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> StageResult:
+    """Train one stage to the end (or until should_stop()), checkpointing along the way."""
+    cfg = preset.stage(stage)
+    started = time.perf_counter()
+    precision = resolve_precision(preset.runtime.device, preset.runtime.dtype)
+    torch.manual_seed(preset.seed)
+    blocks, data_info = make_blocks(stage, preset, tokenizer_dir, log)
+    train_idx, eval_idx = split_indices(len(blocks), cfg.eval_fraction, preset.seed)
+    micro_per_step = cfg.accumulation_steps
+    batches_per_epoch = len(train_idx) // cfg.batch_size
+    if batches_per_epoch < 1:
+        raise ValueError(
+            f"{stage}: {len(train_idx)} training sequences of {cfg.max_seq_len} tokens cannot fill one batch of "
+            f"{cfg.batch_size}; lower {stage}.batch_size or {stage}.max_seq_len, or add data to {cfg.data_path}"
+        )
+    total_steps = cfg.max_steps or max(1, cfg.epochs * batches_per_epoch // micro_per_step)
+
+    model = CausalLM(preset.model)
+    if init_from is not None:
+        load_model_weights(model, init_from.path)
+    model.to(precision.device)
+    model.train()
+    optimizer = build_optimizer(model, cfg, precision.device)
+    scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
+
+    stage_dir = run_dir / "checkpoints" / stage
+    step, tokens_seen, consumed = 0, 0, 0
+    resumed_from = latest_checkpoint(stage_dir) if resume else None
+    if resumed_from is not None:
+        load_model_weights(model, resumed_from.path)
+        restore_trainer_state(resumed_from, optimizer)
+        step, tokens_seen = resumed_from.step, resumed_from.state["tokens_seen"]
+        consumed = resumed_from.state["batches_consumed"]
+
+    sampler = EpochSampler(train_idx, cfg.batch_size, seed=preset.seed)
+    sampler.load_state_dict(sampler_state(consumed, batches_per_epoch))
+    batches = iter(_loader(blocks, sampler, preset.runtime.num_workers, precision.device.type == "cuda", preset.seed))
+    forward = _maybe_compile(model, preset, log)
+
+    total_params, active_params = count_parameters(preset.model)
+    flops_tok = flops_per_token(preset.model, cfg.max_seq_len)
+    peak = _peak_flops(precision)
+    tokens_per_step = cfg.batch_size * cfg.max_seq_len * micro_per_step
+    log.emit(
+        "stage_start", stage=stage, total_steps=total_steps, start_step=step, resumed=resumed_from is not None,
+        device=str(precision.device), dtype=precision.dtype, dtype_reason=precision.why,
+        params=total_params, active_params=active_params, tokens_per_step=tokens_per_step,
+        init_from=str(init_from.path) if init_from else None, **data_info,
+    )
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "stage": stage, "step": step, "total_steps": total_steps, "tokens_seen": tokens_seen,
+            "batches_consumed": consumed, "sampler": sampler_state(consumed, batches_per_epoch),
+            "model": preset.model.model_dump(mode="json"), "preset": preset.model_dump(mode="json"),
+            "dtype": precision.dtype, "metrics": {"loss": last_loss, "eval_loss": last_eval},
+        }
+
+    def save() -> Path:
+        t0 = time.perf_counter()
+        path = save_checkpoint(stage_dir, model=model, optimizer=optimizer, state=checkpoint_state(),
+                               tokenizer_dir=tokenizer_dir, keep=cfg.keep_checkpoints)
+        log.emit("checkpoint", stage=stage, step=step, path=str(path), seconds=round(time.perf_counter() - t0, 3))
+        return path
+
+    last_loss: float | None = None
+    last_eval: float | None = None
+    last_saved: Path | None = None
+    window_loss = torch.zeros((), device=precision.device)
+    window_steps, window_start = 0, time.perf_counter()
+    state = "finished"
+    while step < total_steps:
+        lr = lr_at(step, total_steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(micro_per_step):
+            inputs, targets = next(batches)
+            inputs = inputs.to(precision.device, non_blocking=True)
+            targets = targets.to(precision.device, non_blocking=True)
+            with precision.autocast():
+                loss = forward(inputs, targets=targets).loss / micro_per_step
+            (scaler.scale(loss) if scaler else loss).backward()
+            window_loss += loss.detach()
+            consumed += 1
+        if scaler:
+            scaler.unscale_(optimizer)
+        is_log_step = (step + 1) % cfg.log_interval == 0 or step + 1 == total_steps
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        elif is_log_step:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        window_steps += 1
+
+        if is_log_step:
+            # The only host synchronisation in the loop: reading the loss once per log interval.
+            last_loss = window_loss.item() / window_steps
+            if not math.isfinite(last_loss):
+                raise NonFiniteLoss(
+                    f"{stage}: the loss became {last_loss} at step {step}. The last good checkpoint is kept. "
+                    f"Lower {stage}.learning_rate, raise warmup_iters, keep grad_clip on, or check the data."
+                )
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_steps * tokens_per_step / elapsed
+            log.emit(
+                "step", stage=stage, step=step, total_steps=total_steps, loss=last_loss, lr=lr,
+                grad_norm=float(grad_norm) if grad_norm is not None else None,
+                tokens_per_s=tokens_per_s, samples_per_s=window_steps * cfg.batch_size * micro_per_step / elapsed,
+                mfu=(flops_tok * tokens_per_s / peak) if peak else None,
+                eta_s=(total_steps - step) * elapsed / window_steps, tokens_seen=tokens_seen,
+                epoch=consumed / batches_per_epoch, **memory_snapshot(precision.device),
+            )
+            window_loss.zero_()
+            window_steps, window_start = 0, time.perf_counter()
+
+        if cfg.eval_interval and step % cfg.eval_interval == 0 and step < total_steps:
+            last_eval = evaluate(model, blocks, eval_idx, cfg.batch_size, cfg.eval_max_batches, precision)
+            log.emit("eval", stage=stage, step=step, eval_loss=last_eval)
+            window_start = time.perf_counter()
+        stopping = should_stop()
+        if step % cfg.save_interval == 0 or stopping:
+            last_saved = save()
+            window_start = time.perf_counter()
+        if stopping and step < total_steps:
+            state = "stopped"
+            break
+
+    if state == "finished":
+        last_eval = evaluate(model, blocks, eval_idx, cfg.batch_size, cfg.eval_max_batches, precision)
+        if last_eval is not None:
+            log.emit("eval", stage=stage, step=step, eval_loss=last_eval)
+        if last_saved is None or not last_saved.name.endswith(f"{step:06d}"):
+            last_saved = save()
+    seconds = time.perf_counter() - started
+    log.emit("stage_end", stage=stage, state=state, step=step, total_steps=total_steps, loss=last_loss,
+             eval_loss=last_eval, seconds=round(seconds, 3), tokens_seen=tokens_seen)
+    return StageResult(stage, state, step, total_steps, last_loss, last_eval, last_saved, seconds, tokens_seen,
+                       extra=data_info)
+
+
+def sampler_state(consumed: int, batches_per_epoch: int) -> dict[str, int]:
+    return {"epoch": consumed // batches_per_epoch, "position": consumed % batches_per_epoch}
+
+
+class _CompiledOrEager:
+    """Calls the torch.compile'd model; if compiling fails (it does so lazily, on the first call), warns
+    once and continues with the eager model instead of killing the run."""
+
+    def __init__(self, model: CausalLM, log: EventLog) -> None:
+        self.eager, self.log = model, log
+        self.compiled: Callable | None = torch.compile(model)
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any backend failure must degrade, not crash
+                self.compiled = None
+                self.log.emit("warning", message=f"torch.compile failed ({type(error).__name__}: {error}); training eagerly")
+        return self.eager(*args, **kwargs)
+
+
+def _maybe_compile(model: CausalLM, preset: Preset, log: EventLog) -> Callable:
+    return _CompiledOrEager(model, log) if preset.runtime.compile else model

@@ -1,0 +1,182 @@
+"""`minimind-studio` command line: thin argument parsing over engine functions.
+
+Heavy modules (torch, transformers, the engine's trainers) are imported inside the command that needs
+them, so `--help` and the studio start instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is written for the user: shown as one paragraph, never as a traceback."""
+    from engine.checkpoint import CheckpointError
+    from engine.config import PresetError
+    from engine.data import DataFormatError
+    from engine.device import DeviceError
+    from engine.train import NonFiniteLoss
+
+    return (PresetError, CheckpointError, DataFormatError, DeviceError, NonFiniteLoss, ValueError, FileNotFoundError)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.config import load_preset
+    from engine.pipeline import run_pipeline
+    from engine.runs import create_run, latest_run_of
+    from studio.progress import RunProgress, summary_table
+
+    overrides = list(args.set or [])
+    if args.stage:
+        overrides.append(f'stages=["{args.stage}"]')
+    preset = load_preset(args.preset, overrides)
+    if args.resume:
+        run_dir = latest_run_of(preset.name, preset.out_dir)
+        if run_dir is None:
+            err_console.print(f"[red]error:[/] no earlier run of preset {preset.name!r} under {preset.out_dir} to resume")
+            return 2
+        console.print(f"resuming [bold]{run_dir}[/]")
+    else:
+        run_dir = create_run(preset)
+        console.print(f"run [bold]{run_dir.name}[/] in {run_dir.parent}")
+    with RunProgress(console) as progress:
+        result = run_pipeline(run_dir, resume=args.resume, listeners=[progress])
+    console.print(summary_table(result))
+    if result.state == "stopped":
+        console.print(f"stopped cleanly; continue with: minimind-studio run {args.preset} --resume")
+    else:
+        console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
+    return 0
+
+
+CHAT_HELP = "commands: /clear (forget the conversation), /system TEXT (set the system prompt), /quit"
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from engine.chat import ChatSession
+    from engine.generate import Sampling
+
+    session = ChatSession.open(args.checkpoint, args.out_dir, device=args.device, system_prompt=args.system)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    ckpt = session.checkpoint
+    mode = "chat (SFT)" if session.mode == "chat" else "plain continuation (pretrain checkpoint)"
+    console.print(f"[bold]{ckpt.path}[/] step {ckpt.step}: {mode}. {CHAT_HELP}", highlight=False)
+    while True:
+        try:
+            text = console.input("[bold green]you>[/] ")
+        except EOFError:
+            console.print()
+            return 0
+        if text.strip() in ("/quit", "/exit"):
+            return 0
+        if text.strip() == "/clear":
+            session.clear()
+            console.print("[dim](conversation cleared)[/]")
+            continue
+        if text.startswith("/system"):
+            session.system_prompt = text.removeprefix("/system").strip() or None
+            session.clear()
+            console.print(f"[dim](system prompt: {session.system_prompt!r}; conversation cleared)[/]")
+            continue
+        if not text.strip():
+            continue
+        console.print("[bold cyan]ai>[/] ", end="")
+        for piece in session.reply(text, sampling):
+            console.out(piece, end="", highlight=False)
+        console.print()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.checkpoint import resolve_checkpoint
+    from engine.export import export_hf
+
+    ckpt = resolve_checkpoint(args.checkpoint, args.out_dir)
+    out = export_hf(ckpt, Path(args.dir), dtype=args.dtype)
+    console.print(f"exported {ckpt.path} (step {ckpt.step}) to [bold]{out}[/]: load it with "
+                  f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+def cmd_data_sample(args: argparse.Namespace) -> int:
+    from engine.sample import sample_jsonl
+
+    report = sample_jsonl(Path(args.input), Path(args.output), args.target_mb, args.seed)
+    mib = 1024 * 1024
+    console.print(f"kept {report.kept_lines:,} of {report.source_lines:,} samples, {report.kept_bytes / mib:.2f} MiB "
+                  f"of {report.source_bytes / mib:.2f} MiB -> {report.out_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minimind-studio",
+        description="Train small Llama-style LLMs from scratch: tokenizer -> pretrain -> SFT -> chat.",
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run a preset's stages (tokenizer -> pretrain -> sft) in the foreground")
+    run.add_argument("preset", help="a preset file (presets/tiny.toml) or a built-in preset name (tiny)")
+    run.add_argument("--stage", choices=["tokenizer", "pretrain", "sft"], help="run only this stage")
+    run.add_argument("--resume", action="store_true", help="continue the newest run of this preset from its checkpoints")
+    run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a preset field (repeatable)")
+    run.set_defaults(handler=cmd_run)
+
+    chat = sub.add_parser("chat", help="streaming terminal chat with a run or checkpoint")
+    chat.add_argument("checkpoint", help="a run dir or id, a checkpoint dir, or an exported HF dir")
+    chat.add_argument("--system", help="system prompt (SFT checkpoints)")
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--repetition-penalty", type=float, default=1.1)
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    chat.add_argument("--out-dir", default="runs", help="where run ids are looked up")
+    chat.set_defaults(handler=cmd_chat)
+
+    export = sub.add_parser("export", help="write a checkpoint in Hugging Face format")
+    export.add_argument("checkpoint", help="a run dir or id, or a checkpoint dir")
+    export.add_argument("dir", help="output directory")
+    export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    export.add_argument("--out-dir", default="runs", help="where run ids are looked up")
+    export.set_defaults(handler=cmd_export)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    sample = data.add_parser("sample", help="random lines of a jsonl file up to a size budget (streaming)")
+    sample.add_argument("input")
+    sample.add_argument("output")
+    sample.add_argument("--target-mb", type=float, required=True, help="size budget in MiB")
+    sample.add_argument("--seed", type=int, default=42)
+    sample.set_defaults(handler=cmd_data_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except _user_errors() as error:
+        if os.environ.get("MINIMIND_DEBUG"):
+            raise
+        err_console.print(f"[red]error:[/] {error}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""A rich progress display for a foreground run, fed by the run's events (no Textual, no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class RunProgress:
+    """Listener for EventLog: one progress bar per stage with loss, lr, tokens/s and ETA."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind, stage = event["kind"], event.get("stage", "")
+        if kind == "stage_start":
+            if stage != "tokenizer":
+                self.console.print(
+                    f"[bold]{stage}[/]: {event.get('n_docs', '?')} records, {event.get('n_tokens', 0):,} tokens -> "
+                    f"{event.get('blocks', '?')} sequences; {event.get('params', 0) / 1e6:.2f}M params on "
+                    f"{event.get('device')} ({event.get('dtype')}: {event.get('dtype_reason')})"
+                )
+            self.tasks[stage] = self.progress.add_task(
+                stage, total=event["total_steps"], completed=event.get("start_step", 0), metrics=""
+            )
+        elif kind == "step" and stage in self.tasks:
+            metrics = (
+                f"loss {_fmt(event.get('loss'), '.4f')}  lr {_fmt(event.get('lr'), '.2e')}  "
+                f"{_fmt(event.get('tokens_per_s'), ',.0f')} tok/s"
+            )
+            self.progress.update(self.tasks[stage], completed=event["step"], metrics=metrics)
+        elif kind == "eval":
+            self.console.print(f"  {stage} step {event['step']}: eval loss {_fmt(event.get('eval_loss'), '.4f')}")
+        elif kind == "stage_end" and stage in self.tasks:
+            self.progress.update(self.tasks[stage], completed=event["step"])
+            if stage == "tokenizer":
+                self.console.print(
+                    f"tokenizer: vocab {event.get('vocab_size')}, {_fmt(event.get('chars_per_token'), '.2f')} chars/token "
+                    f"on held-out text, {_fmt(event.get('train_seconds'), '.1f')} s"
+                )
+        elif kind == "warning":
+            self.console.print(f"[yellow]warning:[/] {event.get('message')}")
+
+
+def summary_table(result: Any) -> Table:
+    table = Table(title=f"run {result.run_dir.name}: {result.state}")
+    for column in ("stage", "steps", "time", "final loss", "eval loss", "output"):
+        table.add_column(column)
+    for name, outcome in result.stages.items():
+        if outcome is None:
+            continue
+        if name == "tokenizer":
+            table.add_row(name, "-", f"{outcome['train_seconds']:.1f}s", "-", "-",
+                          f"vocab {outcome['vocab_size']}, {outcome['chars_per_token']:.2f} chars/token")
+            continue
+        table.add_row(
+            name, f"{outcome.step}/{outcome.total_steps}", f"{outcome.seconds:.1f}s", _fmt(outcome.final_loss, ".4f"),
+            _fmt(outcome.eval_loss, ".4f"), str(outcome.checkpoint or "-"),
+        )
+    return table

@@ -1,0 +1,156 @@
+"""The training loop end to end on tiny real models: stages, resume exactness, crash safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
+from engine.config import TrainStage
+from engine.events import iter_events
+from engine.pipeline import run_pipeline
+from engine.runs import create_run, read_status, request_stop
+from engine.train import NonFiniteLoss, lr_at
+
+
+def step_losses(run_dir: Path, stage: str = "pretrain") -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step" and e["stage"] == stage}
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
+    """Guards against an off-by-one warmup (lr 0 at step 0) or a decay that never reaches its floor."""
+    cfg = TrainStage(learning_rate=1e-3, warmup_iters=10, min_lr_ratio=0.1)
+    assert lr_at(0, 100, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, 100, cfg) == pytest.approx(1e-3)
+    decay = [lr_at(s, 100, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert decay[-1] == pytest.approx(1e-4)
+
+
+def test_all_stages_produce_tokenizer_checkpoints_and_valid_events(make_preset) -> None:
+    """Guards against a pipeline that 'finishes' without its outputs, or SFT not starting from pretrain."""
+    run_dir = create_run(make_preset())
+    result = run_pipeline(run_dir)
+    assert result.state == "finished"
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    for stage in ("pretrain", "sft"):
+        ckpt = read_checkpoint(run_dir / "checkpoints" / stage / "latest")
+        assert ckpt.stage == stage and ckpt.step == ckpt.state["total_steps"]
+        assert (ckpt.tokenizer_dir / "tokenizer.json").is_file()
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert all(e["v"] == 1 and isinstance(e["t"], float) and e["kind"] for e in events)
+    sft_start = next(e for e in events if e["kind"] == "stage_start" and e["stage"] == "sft")
+    assert "checkpoints/pretrain" in sft_start["init_from"]
+    status = read_status(run_dir)
+    assert status["state"] == "finished" and status["stages_done"] == ["pretrain", "sft", "tokenizer"]
+
+
+def test_training_reduces_loss(make_preset) -> None:
+    """Guards against a loop that steps the optimizer without learning (e.g. zeroed or detached grads)."""
+    run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"max_steps": 40}))
+    run_pipeline(run_dir)
+    losses = step_losses(run_dir)
+    assert losses[40] < losses[1] - 1.5
+
+
+def test_resume_continues_the_same_loss_curve_bit_for_bit(make_preset) -> None:
+    """Guards against resume losing optimizer moments, the data position, RNG (dropout) or the LR schedule."""
+    preset = make_preset(stages=["tokenizer", "pretrain"], model={"dropout": 0.1}, pretrain={"max_steps": 8})
+    straight = create_run(preset)
+    run_pipeline(straight)
+
+    interrupted = create_run(preset)
+
+    def stop_at_four(event: dict) -> None:
+        if event["kind"] == "step" and event["step"] == 4:
+            request_stop(interrupted)
+
+    first = run_pipeline(interrupted, listeners=[stop_at_four])
+    assert first.state == "stopped" and read_status(interrupted)["state"] == "stopped"
+    assert [p.name for p in list_checkpoints(interrupted / "checkpoints" / "pretrain")] == ["step_000004"]
+    second = run_pipeline(interrupted, resume=True)
+    assert second.state == "finished"
+
+    assert step_losses(interrupted) == step_losses(straight)
+    a = load_file(str(straight / "checkpoints/pretrain/latest/model.safetensors"))
+    b = load_file(str(interrupted / "checkpoints/pretrain/latest/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crash_while_saving_keeps_previous_checkpoint_loadable(make_preset, monkeypatch) -> None:
+    """Guards against `latest` pointing at a half-written checkpoint after a crash mid-save."""
+    import engine.checkpoint as checkpoint
+
+    real_fsync = checkpoint._fsync_tree
+    calls = []
+
+    def crash_on_second_save(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk vanished mid-save")
+        real_fsync(path)
+
+    monkeypatch.setattr(checkpoint, "_fsync_tree", crash_on_second_save)
+    run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"save_interval": 2}))
+    with pytest.raises(OSError, match="disk vanished"):
+        run_pipeline(run_dir)
+    stage_dir = run_dir / "checkpoints" / "pretrain"
+    assert read_checkpoint(stage_dir / "latest").step == 2
+    assert any(p.name.startswith(".step_000004.tmp") for p in stage_dir.iterdir())
+    assert read_status(run_dir)["state"] == "failed"
+
+    monkeypatch.setattr(checkpoint, "_fsync_tree", real_fsync)
+    assert run_pipeline(run_dir, resume=True).state == "finished"
+    assert read_checkpoint(stage_dir / "latest").step == 6
+    assert not any(p.name.startswith(".step_") for p in stage_dir.iterdir())
+
+
+def test_keeps_only_the_last_n_checkpoints(make_preset) -> None:
+    """Guards against checkpoints filling the disk on long runs."""
+    run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"save_interval": 1, "keep_checkpoints": 2}))
+    run_pipeline(run_dir)
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints" / "pretrain")] == ["step_000005", "step_000006"]
+
+
+def test_non_finite_loss_fails_with_advice_and_keeps_last_good_checkpoint(make_preset, monkeypatch) -> None:
+    """Guards against a NaN run training on (wasting hours) or destroying its last good checkpoint."""
+    from engine.model import CausalLM
+
+    real_forward = CausalLM.forward
+    calls = [0]
+
+    def poisoned(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] > 4 and out.loss is not None:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(CausalLM, "forward", poisoned)
+    run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"save_interval": 2}))
+    with pytest.raises(NonFiniteLoss, match=r"step 5.*learning_rate"):
+        run_pipeline(run_dir)
+    assert read_status(run_dir)["state"] == "failed"
+    assert read_checkpoint(run_dir / "checkpoints" / "pretrain" / "latest").step == 4
+
+
+def test_sft_from_weight_with_other_architecture_is_refused(make_preset) -> None:
+    """Guards against SFT silently loading weights of another shape (or crashing with a tensor error)."""
+    pre = create_run(make_preset(stages=["tokenizer", "pretrain"]))
+    run_pipeline(pre)
+    other = make_preset(stages=["sft"], model={"hidden_size": 64}, sft={"from_weight": str(pre)})
+    with pytest.raises(CheckpointError, match=r"hidden_size: checkpoint 32 vs preset 64"):
+        run_pipeline(create_run(other))
+
+
+def test_sft_only_run_takes_tokenizer_from_its_starting_checkpoint(make_preset) -> None:
+    """Guards against an SFT-only preset having no tokenizer, and 'latest' not finding the pretrain."""
+    pre = create_run(make_preset(stages=["tokenizer", "pretrain"]))
+    run_pipeline(pre)
+    sft_run = create_run(make_preset(stages=["sft"], sft={"from_weight": "latest"}))
+    assert run_pipeline(sft_run).state == "finished"
+    assert (sft_run / "tokenizer" / "tokenizer.json").read_bytes() == (pre / "tokenizer" / "tokenizer.json").read_bytes()

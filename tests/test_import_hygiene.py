@@ -1,0 +1,39 @@
+"""The package boundaries, checked in a fresh interpreter (sys.modules does not lie)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from engine.config import PROJECT_ROOT
+
+
+def modules_after(code: str) -> set[str]:
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_engine_never_imports_textual_or_studio() -> None:
+    """Guards against the engine growing a UI dependency (a detached run must not need the studio)."""
+    import pkgutil
+
+    import engine
+
+    names = [f"engine.{m.name}" for m in pkgutil.iter_modules(engine.__path__) if m.name != "__main__"]
+    loaded = modules_after("\n".join(f"import {name}" for name in names))
+    assert not any(m == "textual" or m.startswith("textual.") for m in loaded)
+    assert not any(m == "studio" or m.startswith("studio.") for m in loaded)
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    """Guards against `minimind-studio --help` (and studio start-up) paying torch's ~2 s import."""
+    loaded = modules_after("from studio import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass")
+    assert "torch" not in loaded and "transformers" not in loaded
+
+
+def test_config_is_light() -> None:
+    """Guards against preset validation (used by the studio while typing) importing torch."""
+    loaded = modules_after("import engine.config")
+    assert "torch" not in loaded
