@@ -1,0 +1,537 @@
+"""Training data: line-numbered jsonl readers, a pre-tokenized on-disk cache, packed blocks, a resumable sampler.
+
+The flow is jsonl -> `build_token_cache` (tokenize once, stream to a flat token file keyed by the file's
+content and the tokenizer) -> `TokenCache` (memory-mapped) -> `PretrainBlocks` / `SFTBlocks` (fixed-shape
+(input_ids, targets) pairs) -> `EpochSampler` (shuffled batches that resume mid-epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from engine.atomic import fsync_dir, write_json_atomic
+
+Kind = Literal["pretrain", "sft"]
+ROLES = ("system", "user", "assistant")
+# Bump when the cache layout or the tokenization rules change, so old caches are not reused.
+CACHE_FORMAT_VERSION = 1
+IGNORE_INDEX = -100  # targets with this value do not count in the loss (torch cross_entropy default)
+_SKIP_HINT = 'Fix or delete that line, or set on_bad_line = "skip" to skip bad lines and count them'
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be used; the message names file and line and says what to do."""
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw: non-blank lines, usable records, skipped lines (with the first few reasons)."""
+
+    lines: int = 0
+    records: int = 0
+    skipped: int = 0
+    skipped_examples: list[tuple[int, str]] = field(default_factory=list)
+
+    def skip(self, line_no: int, reason: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_examples) < 10:
+            self.skipped_examples.append((line_no, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading jsonl
+
+
+def record_problem(obj: Any, kind: Kind) -> str | None:
+    """Why a parsed line is not a usable `kind` record, or None when it is. Extra keys are allowed."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    if kind == "pretrain":
+        if "text" not in obj:
+            return 'missing key "text" (pretrain lines look like {"text": "..."})'
+        if not isinstance(obj["text"], str):
+            return f'"text" must be a string, got {type(obj["text"]).__name__}'
+        return None
+    conv = obj.get("conversations")
+    if conv is None:
+        return 'missing key "conversations" (SFT lines look like {"conversations": [{"role": ..., "content": ...}]})'
+    if not isinstance(conv, list) or not conv:
+        return '"conversations" must be a non-empty list of messages'
+    for i, msg in enumerate(conv):
+        if not isinstance(msg, dict):
+            return f"message {i} is not an object"
+        if msg.get("role") not in ROLES:
+            return f"message {i} has role {msg.get('role')!r}; expected one of {', '.join(ROLES)}"
+        if not isinstance(msg.get("content"), str):
+            return f'message {i} needs a string "content"'
+    if not any(msg["role"] == "assistant" for msg in conv):
+        return "the conversation has no assistant turn, so there is nothing to learn from it"
+    return None
+
+
+def iter_jsonl(
+    path: str | Path,
+    kind: Kind,
+    on_bad_line: Literal["error", "skip"] = "error",
+    stats: ReadStats | None = None,
+    *,
+    start_line: int = 1,
+    stop_line: int | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_no, record) for lines start_line <= line_no < stop_line (1-based, physical lines).
+
+    Blank lines are ignored. A bad line raises DataFormatError("file:line: ...") or, with
+    on_bad_line="skip", is counted in `stats` and skipped. Lines outside the range are not parsed.
+    """
+    stats = stats if stats is not None else ReadStats()
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if stop_line is not None and line_no >= stop_line:
+                break
+            if line_no < start_line or not raw.strip():
+                continue
+            stats.lines += 1
+            try:
+                obj = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
+                problem = record_problem(obj, kind)
+            except UnicodeDecodeError:
+                problem = "not valid UTF-8"
+            except json.JSONDecodeError as error:
+                problem = f"not valid JSON ({error.msg} at column {error.colno})"
+            if problem is None:
+                stats.records += 1
+                yield line_no, obj
+            elif on_bad_line == "skip":
+                stats.skip(line_no, problem)
+            else:
+                raise DataFormatError(f"{path}:{line_no}: {problem}. {_SKIP_HINT}.")
+
+
+def clean_messages(conversation: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Only role and content reach the chat template: extra keys (reasoning_content, tool_calls...) are ignored."""
+    return [{"role": m["role"], "content": m["content"]} for m in conversation]
+
+
+# --------------------------------------------------------------------------------------------
+# SFT loss masks (pure given a render function)
+
+
+def assistant_char_spans(
+    messages: list[dict[str, str]], render: Callable[[list[dict[str, str]], bool], str], eos: str | None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendering and the character spans the model must learn to produce.
+
+    Derived from the template itself, so it works for any chat format: assistant turn i spans from the
+    end of render(msgs[:i], generation_prompt) to the end of render(msgs[:i+1]) minus trailing whitespace
+    (which keeps the end-of-turn token, drops the newline after it). Templates whose prefixes are not
+    stable (e.g. they rewrite earlier turns) fall back to locating each content string plus `eos`.
+    """
+    full = render(messages, False)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        span = None
+        try:
+            prefix = render(messages[:i], True)
+            turn = full if i == len(messages) - 1 else render(messages[: i + 1], False)  # one render saved
+            end = len(turn.rstrip())
+            if full.startswith(turn) and turn.startswith(prefix) and cursor <= len(prefix) < end:
+                span = (len(prefix), end)
+        except Exception:  # a template may refuse a prefix (e.g. messages[0] on an empty list)
+            span = None
+        if span is None:
+            try:  # the turn starts after the rendered history, so a user quoting the answer is not matched
+                history = render(messages[:i], False)
+                cursor = max(cursor, len(history)) if full.startswith(history) else cursor
+            except Exception:
+                pass
+            start = full.find(msg["content"] + (eos or ""), cursor)
+            start = start if start >= 0 else full.find(msg["content"], cursor)
+            if start < 0:
+                raise ValueError("cannot locate an assistant turn in the chat template's rendering")
+            end = start + len(msg["content"])
+            if eos and full.startswith(eos, end):
+                end += len(eos)
+            span = (start, end)
+        spans.append(span)
+        cursor = span[1]
+    return full, spans
+
+
+def mask_from_offsets(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """uint8 mask: 1 for tokens whose (non-empty) character span lies inside one of `spans`."""
+    mask = np.zeros(len(offsets), dtype=np.uint8)
+    if len(offsets):
+        starts, ends = offsets[:, 0], offsets[:, 1]
+        for a, b in spans:
+            mask |= ((starts >= a) & (ends <= b) & (ends > starts)).astype(np.uint8)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# The token cache
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """Content hash streamed in 1 MiB chunks (a renamed or touched file keeps its cache)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TokenCache:
+    """A built cache opened read-only with np.memmap: memory is bounded by the page cache, not the corpus."""
+
+    def __init__(self, directory: Path, from_cache: bool = False):
+        self.dir = Path(directory)
+        self.meta: dict[str, Any] = json.loads((self.dir / "meta.json").read_text(encoding="utf-8"))
+        self.from_cache = from_cache
+        self.offsets = np.load(self.dir / "offsets.npy")
+        self.tokens = self._map("tokens.bin", np.dtype(self.meta["dtype"]))
+        self.mask = self._map("mask.bin", np.dtype(np.uint8)) if self.meta["kind"] == "sft" else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into spawn-started DataLoader workers: send the folder, not a copy of the mapped corpus.
+        return {"directory": self.dir, "from_cache": self.from_cache}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"], state["from_cache"])
+
+    def _map(self, name: str, dtype: np.dtype) -> np.ndarray:
+        if self.meta["n_tokens"] == 0:  # mmap refuses empty files
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(self.dir / name, dtype=dtype, mode="r", shape=(self.meta["n_tokens"],))
+
+    @property
+    def kind(self) -> Kind:
+        return self.meta["kind"]
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    def doc(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.tokens[a:b], None if self.mask is None else self.mask[a:b]
+
+
+def cache_key(file_hash: str, tokenizer_fp: str, kind: Kind) -> str:
+    text = f"{file_hash}|{tokenizer_fp}|{kind}|v{CACHE_FORMAT_VERSION}"
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def build_token_cache(
+    data_path: str | Path,
+    tokenizer_dir: str | Path,
+    kind: Kind,
+    cache_dir: str | Path,
+    on_bad_line: Literal["error", "skip"] = "error",
+    batch_size: int = 1000,
+) -> TokenCache:
+    """Tokenize `data_path` once into cache_dir/<key>/; later calls with the same content and tokenizer reuse it.
+
+    pretrain documents are <bos> text <eos>; SFT documents are the chat template's rendering with a loss
+    mask on the assistant's tokens. The cache is built in a temporary folder and renamed into place with
+    meta.json inside, so a crash never leaves a folder that looks complete.
+    """
+    # Imported here because engine.tokenizer reads jsonl through this module.
+    from engine.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    data_path, cache_dir = Path(data_path), Path(cache_dir)
+    key = cache_key(file_digest(data_path), tokenizer_fingerprint(tokenizer_dir), kind)
+    final = cache_dir / key
+    if (final / "meta.json").exists():
+        cache = TokenCache(final, from_cache=True)
+        skipped = cache.meta["stats"]["skipped_examples"]
+        if on_bad_line == "error" and skipped:  # built earlier in skip mode; do not hide the bad lines now
+            line_no, reason = skipped[0]
+            raise DataFormatError(f"{data_path}:{line_no}: {reason}. {_SKIP_HINT}.")
+        return cache
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(cache_dir, key)
+    tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        meta = _write_cache(tmp, data_path, tokenizer, kind, on_bad_line, batch_size)
+        meta.update(tokenizer_dir=str(Path(tokenizer_dir).resolve()), build_seconds=round(time.perf_counter() - started, 3))
+        write_json_atomic(tmp / "meta.json", meta)  # last: its presence is what "complete" means
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():  # a folder without meta.json: an interrupted or foreign build, never trusted
+        shutil.rmtree(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process finished the same cache first; theirs is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final / "meta.json").exists():
+            raise
+    fsync_dir(cache_dir)
+    return TokenCache(final, from_cache=False)
+
+
+def _remove_stale_tmp(cache_dir: Path, key: str) -> None:
+    """Delete half-built folders of this key left by processes that died (they can be gigabytes)."""
+    for path in cache_dir.glob(f".tmp-{key}-*"):
+        try:
+            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+def _write_cache(
+    tmp: Path, data_path: Path, tokenizer: Any, kind: Kind, on_bad_line: Literal["error", "skip"], batch_size: int
+) -> dict[str, Any]:
+    """Stream-tokenize into tmp/ (tokens.bin, mask.bin for SFT, offsets.npy); memory is bounded by one batch."""
+    vocab = len(tokenizer)
+    dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
+    stats = ReadStats()
+    offsets = array("q", [0])  # 8 bytes per document, not a Python int object each
+    n_masked = 0
+    with open(tmp / "tokens.bin", "wb") as tok_out, open(tmp / "mask.bin", "wb") as mask_out:
+        for batch in _batched(iter_jsonl(data_path, kind, on_bad_line, stats), batch_size):
+            if kind == "pretrain":
+                docs = _encode_pretrain(tokenizer, [rec["text"] for _, rec in batch])
+            else:
+                docs = _encode_sft(tokenizer, batch, data_path)
+            for ids, mask in docs:
+                tok_out.write(np.asarray(ids, dtype=dtype).tobytes())
+                if mask is not None:
+                    mask_out.write(mask.tobytes())
+                    n_masked += int(mask.sum())
+                offsets.append(offsets[-1] + len(ids))
+        for handle in (tok_out, mask_out):
+            handle.flush()
+            os.fsync(handle.fileno())
+    if kind == "pretrain":
+        (tmp / "mask.bin").unlink()
+    if stats.records == 0:
+        raise DataFormatError(
+            f"{data_path}:1: no usable {kind} records ({stats.lines} non-blank lines, {stats.skipped} skipped). "
+            f"Point data_path at a {kind} jsonl file."
+        )
+    np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "kind": kind,
+        "source_path": str(data_path.resolve()),
+        "source_bytes": data_path.stat().st_size,
+        "vocab_size": vocab,
+        "dtype": dtype.name,
+        "n_docs": len(offsets) - 1,
+        "n_tokens": int(offsets[-1]),
+        "n_loss_tokens": n_masked if kind == "sft" else None,
+        "stats": stats.to_dict(),
+    }
+
+
+def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _encode_pretrain(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], None]]:
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    # The Rust backend encodes a batch on all cores; add_special_tokens=False because we add bos/eos ourselves.
+    # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which pretraining does not need.
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    encodings = encode(texts, add_special_tokens=False)
+    return [(bos + enc.ids + eos, None) for enc in encodings]
+
+
+def _encode_sft(tokenizer: Any, batch: list[tuple[int, dict]], path: Path) -> list[tuple[list[int], np.ndarray]]:
+    def render(msgs: list[dict[str, str]], gen: bool) -> str:
+        if not msgs:
+            return ""
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    texts, spans = [], []
+    for line_no, rec in batch:
+        try:
+            full, turn_spans = assistant_char_spans(clean_messages(rec["conversations"]), render, tokenizer.eos_token)
+        except ValueError as error:
+            raise DataFormatError(f"{path}:{line_no}: {error}. Check the tokenizer's chat_template.") from None
+        texts.append(full)
+        spans.append(turn_spans)
+    # The template already contains the special tokens, so the backend must not add any.
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    out = []
+    for enc, turn_spans in zip(encodings, spans):
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        out.append((enc.ids, mask_from_offsets(offsets, turn_spans)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed-shape blocks
+
+
+class PretrainBlocks(torch.utils.data.Dataset):
+    """The token stream cut into seq_len windows; every position is a target, nothing is padding."""
+
+    def __init__(self, cache: TokenCache, seq_len: int):
+        self.cache, self.seq_len = cache, seq_len
+        self.n_blocks = max(0, (cache.n_tokens - 1) // seq_len)
+        if self.n_blocks == 0:
+            raise ValueError(f"the corpus has {cache.n_tokens} tokens, too few for one block of {seq_len}; lower max_seq_len")
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < self.n_blocks:
+            raise IndexError(i)
+        start = i * self.seq_len
+        window = torch.from_numpy(self.cache.tokens[start : start + self.seq_len + 1].astype(np.int64))
+        return window[:-1], window[1:]  # (seq_len,), (seq_len,)
+
+
+def pack_sequential(lengths: np.ndarray, capacity: int) -> np.ndarray:
+    """Block boundaries in document indices: block b holds docs [starts[b], starts[b+1]).
+
+    Documents stay whole and in order; a document that does not fit in the current block opens a new one.
+    A document longer than `capacity` gets a block of its own (and is truncated there).
+    """
+    starts = [0]
+    used = 0
+    for i, n in enumerate(lengths.tolist()):
+        n = min(n, capacity)
+        if used and used + n > capacity:
+            starts.append(i)
+            used = 0
+        used += n
+    starts.append(len(lengths))
+    return np.asarray(starts if len(lengths) else [0], dtype=np.int64)
+
+
+class SFTBlocks(torch.utils.data.Dataset):
+    """Whole conversations packed into blocks of seq_len+1 tokens; only assistant tokens are targets."""
+
+    pad_id = 0
+
+    def __init__(self, cache: TokenCache, seq_len: int):
+        if cache.mask is None:
+            raise ValueError("SFTBlocks needs an SFT cache (with a loss mask); build it with kind='sft'")
+        self.cache, self.seq_len = cache, seq_len
+        self.capacity = seq_len + 1
+        lengths = np.diff(cache.offsets)
+        self.starts = pack_sequential(lengths, self.capacity)  # planned from offsets only, no token reads
+        self.n_truncated = int((lengths > self.capacity).sum())
+        used = int(np.minimum(lengths, self.capacity).sum())
+        self.padding_fraction = 1.0 - used / max(1, len(self) * self.capacity)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        tokens = np.full(self.capacity, self.pad_id, dtype=np.int64)
+        mask = np.zeros(self.capacity, dtype=bool)
+        pos = 0
+        for d in range(int(self.starts[b]), int(self.starts[b + 1])):
+            ids, doc_mask = self.cache.doc(d)
+            n = min(len(ids), self.capacity - pos)
+            tokens[pos : pos + n] = ids[:n]
+            mask[pos : pos + n] = doc_mask[:n]
+            pos += n
+        targets = np.where(mask[1:], tokens[1:], IGNORE_INDEX)
+        return torch.from_numpy(tokens[:-1]), torch.from_numpy(targets)  # (seq_len,), (seq_len,)
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting and sampling
+
+
+def split_indices(n_blocks: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic random train/eval split of block indices (both sorted)."""
+    n_eval = 0
+    if eval_fraction > 0 and n_blocks >= 2:
+        n_eval = min(n_blocks - 1, max(1, round(n_blocks * eval_fraction)))
+    perm = np.random.default_rng(seed).permutation(n_blocks)
+    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of epoch `epoch`: depends only on (seed, epoch), so it can be recomputed after a restart."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    return torch.randperm(n, generator=generator)
+
+
+class EpochSampler:
+    """Shuffled fixed-size batches over `indices`, resumable mid-epoch; use as a DataLoader batch_sampler.
+
+    One iteration yields the rest of the current epoch, then the sampler moves to the next epoch. The last
+    incomplete batch is dropped so every step sees the same batch shape.
+    """
+
+    def __init__(self, indices: np.ndarray | list[int], batch_size: int, seed: int = 0):
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        self.batch_size, self.seed = batch_size, seed
+        self.batches_per_epoch = len(self.indices) // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"only {len(self.indices)} training sequences, fewer than batch_size {batch_size}; "
+                "lower batch_size or max_seq_len, or add data"
+            )
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.position if self.position < self.batches_per_epoch else self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        order = self.indices[epoch_permutation(len(self.indices), self.seed, self.epoch)]
+        while self.position < self.batches_per_epoch:
+            start = self.position * self.batch_size
+            batch = order[start : start + self.batch_size].tolist()
+            self.position += 1  # counted before yielding: state_dict() taken after this batch resumes after it
+            yield batch
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        if self.position >= self.batches_per_epoch:
+            return {"epoch": self.epoch + 1, "position": 0}
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -1,0 +1,272 @@
+"""Stage 1: train a ByteLevel BPE tokenizer (or adopt an existing one) and save it as a Hugging Face directory.
+
+The directory follows the minimind tutorial's layout (`tokenizer.json` + `tokenizer_config.json`, special
+tokens <unk>=0, <s>=1, </s>=2, a chat template on `<s>role\\n...</s>\\n`), so
+`transformers.AutoTokenizer.from_pretrained(dir)` and `apply_chat_template` work on it with no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from engine.atomic import fsync_dir, write_json_atomic, write_text_atomic
+from engine.data import DataFormatError, ReadStats, iter_jsonl
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2, in this order
+UNK, BOS, EOS = SPECIAL_TOKENS
+# Files that make up a tokenizer; adopting copies only these (a model folder's weights stay behind).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
+)
+_FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def chat_template_for(bos: str, eos: str) -> str:
+    """A ChatML-like template: each message is `{bos}{role}\\n{content}{eos}\\n`. Extra message keys are ignored."""
+    b, e = (token.replace("\\", "\\\\").replace("'", "\\'") for token in (bos, eos))
+    return (
+        "{%- for message in messages -%}"
+        f"{{{{ '{b}' + message['role'] + '\\n' + "
+        f"(message['content'] if message['content'] is string else '') + '{e}\\n' }}}}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{{{{ '{b}assistant\\n' }}}}{{%- endif -%}}"
+    )
+
+
+CHAT_TEMPLATE = chat_template_for(BOS, EOS)
+
+
+@dataclass
+class TokenizerReport:
+    """What stage 1 produced, for events and the studio."""
+
+    vocab_size: int
+    source: Literal["trained", "adopted"]
+    train_seconds: float = 0.0
+    train_lines: int = 0
+    train_chars: int = 0
+    heldout_lines: int = 0
+    heldout_chars: int = 0
+    heldout_tokens: int = 0
+    chars_per_token: float = 0.0
+    """Held-out characters per token (0 when nothing was held out); higher means better compression."""
+    skipped_lines: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tokenizer_config(model_max_length: int, chat_template: str = CHAT_TEMPLATE) -> dict[str, Any]:
+    """tokenizer_config.json as in the minimind tutorial: no bos/eos added, pad = <unk>, no space clean-up."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": {
+            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                     "single_word": False, "special": True}
+            for i, t in enumerate(SPECIAL_TOKENS)
+        },
+        "additional_special_tokens": [],
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": UNK,
+        "pad_token": UNK,
+        "clean_up_tokenization_spaces": False,
+        "legacy": True,
+        "spaces_between_special_tokens": False,
+        "sp_model_kwargs": {},
+        "chat_template": chat_template,
+    }
+
+
+def _heldout_start(path: Path, heldout_lines: int, max_fraction: float = 1.0) -> tuple[int | None, int]:
+    """(first physical line of the held-out tail, number of held-out lines), in one cheap pass without parsing.
+
+    At most `max_fraction` of the non-blank lines are held out, so a tiny corpus still has text to train on.
+    """
+    tail: deque[int] = deque(maxlen=max(1, heldout_lines))
+    count = 0
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if raw.strip():
+                tail.append(line_no)
+                count += 1
+    k = min(heldout_lines, int(count * max_fraction))
+    return (tail[-k], k) if k > 0 else (None, 0)
+
+
+def _measure(tokenizer: Any, path: Path, start_line: int | None, report: TokenizerReport) -> None:
+    """Fill the held-out compression fields from the lines of `path` from `start_line` on."""
+    if start_line is None:
+        return
+    texts = [rec["text"] for _, rec in iter_jsonl(path, "pretrain", "skip", ReadStats(), start_line=start_line)]
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    report.heldout_chars = sum(len(t) for t in texts)
+    report.heldout_tokens = sum(len(e.ids) for e in encodings)
+    if report.heldout_tokens:
+        report.chars_per_token = round(report.heldout_chars / report.heldout_tokens, 4)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by the finished tmp folder; leftovers of an older tokenizer never mix with the new one."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    fsync_dir(out_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fresh_tmp(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def train_tokenizer(
+    data_path: Path,
+    out_dir: Path,
+    vocab_size: int,
+    *,
+    heldout_lines: int = 200,
+    max_train_chars: int | None = None,
+    model_max_length: int = 32768,
+    on_bad_line: Literal["error", "skip"] = "error",
+) -> TokenizerReport:
+    """Train ByteLevel BPE on the {"text": ...} lines of `data_path`, streamed, keeping the last lines out."""
+    data_path, out_dir = Path(data_path), Path(out_dir)
+    if vocab_size < len(SPECIAL_TOKENS) + 256:
+        raise ValueError(f"vocab_size {vocab_size} is below {len(SPECIAL_TOKENS) + 256} (3 special tokens + 256 bytes)")
+    # Never hold out more than a tenth: a small corpus must still leave most of itself to train on.
+    start_line, n_heldout = _heldout_start(data_path, heldout_lines, max_fraction=0.1)
+    stats = ReadStats()
+    report = TokenizerReport(vocab_size=0, source="trained", heldout_lines=n_heldout)
+
+    def stream(batch_size: int = 1000) -> Iterator[list[str]]:
+        batch: list[str] = []
+        for _, rec in iter_jsonl(data_path, "pretrain", on_bad_line, stats, stop_line=start_line):
+            batch.append(rec["text"])
+            report.train_lines += 1
+            report.train_chars += len(rec["text"])
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+            if max_train_chars is not None and report.train_chars >= max_train_chars:
+                break
+        if batch:
+            yield batch
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: no text is ever out of vocabulary
+        show_progress=False,
+    )
+    started = time.perf_counter()
+    tok.train_from_iterator(stream(), trainer=trainer)
+    report.train_seconds = round(time.perf_counter() - started, 3)
+    report.skipped_lines = stats.skipped
+    if report.train_lines == 0:
+        raise DataFormatError(f"{data_path}:1: no text to train the tokenizer on. Point data_path at a pretrain jsonl file.")
+    for expected, token in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(token) != expected:
+            raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)}, expected {expected}")
+
+    tmp = _fresh_tmp(out_dir)
+    write_text_atomic(tmp / "tokenizer.json", tok.to_str())
+    write_json_atomic(tmp / "tokenizer_config.json", tokenizer_config(model_max_length))
+    _publish(tmp, out_dir)
+    loaded = load_tokenizer(out_dir)  # proves the saved directory is what transformers will see
+    report.vocab_size = len(loaded)
+    _measure(loaded, data_path, start_line, report)
+    return report
+
+
+def adopt_tokenizer(
+    src_dir: Path, out_dir: Path, heldout_path: Path | None = None, heldout_lines: int = 200
+) -> TokenizerReport:
+    """Use an existing HF tokenizer directory (e.g. minimind's): copy its tokenizer files and check them."""
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    present = [name for name in TOKENIZER_FILES if (src_dir / name).is_file()]
+    if not present:
+        raise ValueError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); point from_dir at a tokenizer directory")
+    tmp = _fresh_tmp(out_dir)
+    for name in present:
+        shutil.copyfile(src_dir / name, tmp / name)
+    report = TokenizerReport(vocab_size=0, source="adopted")
+    tok = load_tokenizer(tmp)
+    if not (tmp / "tokenizer.json").exists():  # slow-only folder: keep the converted fast tokenizer
+        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        report.notes.append("tokenizer.json was missing; wrote the converted fast tokenizer")
+    if not tok.chat_template:
+        config_path = tmp / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+        config["chat_template"] = chat_template_for(tok.bos_token or BOS, tok.eos_token or EOS)
+        write_json_atomic(config_path, config)
+        report.notes.append(f"the tokenizer had no chat_template; wrote ours on {tok.bos_token or BOS}...{tok.eos_token or EOS}")
+    _publish(tmp, out_dir)
+    loaded = load_tokenizer(out_dir)
+    report.vocab_size = len(loaded)
+    if heldout_path is not None:
+        start_line, report.heldout_lines = _heldout_start(Path(heldout_path), heldout_lines)
+        _measure(loaded, Path(heldout_path), start_line, report)
+    return report
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The directory as a fast transformers tokenizer (PreTrainedTokenizerFast), from local files only."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{directory}: not a loadable Hugging Face tokenizer directory ({error})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{directory}: only fast (tokenizers-backed) tokenizers are supported")
+    return tokenizer
+
+
+def tokenizer_vocab_size(directory: str | Path) -> int:
+    """len(tokenizer) read from tokenizer.json alone (no transformers import): model vocab plus added tokens."""
+    spec = json.loads((Path(directory) / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"].get("vocab") or {}
+    pieces = {p[0]: i for i, p in enumerate(vocab)} if isinstance(vocab, list) else dict(vocab)  # Unigram: a list
+    for added in spec.get("added_tokens", []):
+        pieces[added["content"]] = added["id"]
+    # max id + 1 guards against holes in the ids: the embedding must cover every id.
+    return max(len(pieces), max(pieces.values(), default=-1) + 1)
+
+
+def tokenizer_fingerprint(directory: str | Path) -> str:
+    """Hash of the files that decide tokenization and chat rendering; part of data-cache keys."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name in _FINGERPRINT_FILES:
+        path = Path(directory) / name
+        if path.exists():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+    """The conversation as text through the tokenizer's own chat template."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
