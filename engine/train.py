@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -106,6 +106,12 @@ def _loader(blocks, sampler: EpochSampler, num_workers: int, pin: bool, seed: in
     )
 
 
+def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches across epoch boundaries: each pass over the loader is one epoch of the sampler."""
+    while True:
+        yield from loader
+
+
 @torch.no_grad()
 def evaluate(model: CausalLM, blocks, indices, batch_size: int, max_batches: int, precision: Precision) -> float | None:
     """Mean held-out loss over up to max_batches batches (token-weighted within each batch)."""
@@ -178,7 +184,7 @@ def train_stage(
 
     sampler = EpochSampler(train_idx, cfg.batch_size, seed=preset.seed)
     sampler.load_state_dict(sampler_state(consumed, batches_per_epoch))
-    batches = iter(_loader(blocks, sampler, preset.runtime.num_workers, precision.device.type == "cuda", preset.seed))
+    batches = _endless(_loader(blocks, sampler, preset.runtime.num_workers, precision.device.type == "cuda", preset.seed))
     forward = _maybe_compile(model, preset, log)
 
     total_params, active_params = count_parameters(preset.model)

@@ -38,10 +38,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture
-def make_preset(corpus: tuple[Path, Path], tmp_path: Path) -> Callable[..., Preset]:
-    """A tiny preset (hidden 32, 2 layers, vocab 320) on the test corpus, writing under tmp_path."""
+def preset_factory(corpus: tuple[Path, Path], root: Path) -> Callable[..., Preset]:
+    """Builds tiny presets (hidden 32, 2 layers, vocab 320) on the test corpus, writing under root;
+    keyword arguments update sections (dicts) or set top-level fields."""
     pretrain, sft = corpus
+    tmp_path = root
 
     def make(**sections: dict) -> Preset:
         data = {
@@ -67,3 +68,20 @@ def make_preset(corpus: tuple[Path, Path], tmp_path: Path) -> Callable[..., Pres
         return preset_from_dict(data)
 
     return make
+
+
+@pytest.fixture
+def make_preset(corpus: tuple[Path, Path], tmp_path: Path) -> Callable[..., Preset]:
+    return preset_factory(corpus, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained_run(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tokenizer -> pretrain -> sft run, shared by the read-only tests (chat, export)."""
+    from engine.pipeline import run_pipeline
+    from engine.runs import create_run
+
+    make = preset_factory(corpus, tmp_path_factory.mktemp("trained"))
+    run_dir = create_run(make(pretrain={"max_steps": 30}, sft={"max_steps": 20}))
+    run_pipeline(run_dir)
+    return run_dir

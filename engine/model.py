@@ -1,0 +1,379 @@
+"""The transformer: a Llama-style decoder, optionally with mixture-of-experts feed-forwards.
+
+RMSNorm, rotary position embeddings, grouped-query attention through SDPA, SwiGLU feed-forwards,
+no biases, tied input/output embeddings. Parameter names are exactly Hugging Face Llama's
+(`model.layers.3.self_attn.q_proj.weight`, `lm_head.weight`, ...), so a dense model's state_dict
+loads into `transformers.LlamaForCausalLM` as is and export is a plain save. MoE layers keep the
+same outer names and add, under `model.layers.{i}.mlp.`:
+    gate.weight                                   the router, (num_experts, hidden)
+    experts.{j}.{gate,up,down}_proj.weight        routed SwiGLU experts
+    shared_experts.{j}.{gate,up,down}_proj.weight experts every token passes through
+(minimind's MoE uses the same router and expert names.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.config import ModelConfig
+
+IGNORE_INDEX = -100  # target value of positions that carry no loss (prompts, padding)
+# fp32 logits per loss chunk: 16M floats = 64 MB a copy (forward + backward hold about four),
+# whatever the vocabulary size; measured no slower than one unchunked pass.
+LOSS_CHUNK_ELEMENTS = 2**24
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor | None = None  # (B, T, vocab) or (B, 1, vocab), in the compute dtype; None with targets
+    loss: Tensor | None = None  # mean cross-entropy (+ aux_loss), only with targets
+    aux_loss: Tensor | None = None  # MoE load-balancing loss, only in training
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated per layer, plus how many there are."""
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.pos = 0  # tokens already stored; the next forward writes at pos..pos+t
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store this layer's new k/v (B, nkv, t, hd); return all of them so far (B, nkv, pos+t, hd)."""
+        end = self.pos + k.size(2)
+        self.keys[layer][:, :, self.pos:end] = k
+        self.values[layer][:, :, self.pos:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32 (bf16 squares lose too much), multiply the weight in the input dtype as HF does.
+        input_dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(input_dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for positions 0..n, grown on demand so a tiny model never holds 32k rows."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.max_positions = config.max_position_embeddings
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+
+    def forward(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos, sin for positions start..start+length, each (length, head_dim) in float32."""
+        end = start + length
+        # model.to(bf16) casts buffers too; rebuild in float32 then, since bf16 angles are far off.
+        if self.cos.size(0) < end or self.cos.device != device or self.cos.dtype != torch.float32:
+            size = max(end, min(2 ** math.ceil(math.log2(end)), self.max_positions))
+            inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
+            freqs = torch.outer(torch.arange(size, device=device).float(), inv_freq)  # (size, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (size, hd): HF's layout, halves not interleaved
+            self.cos, self.sin = emb.cos(), emb.sin()
+        return self.cos[start:end], self.sin[start:end]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, heads, T, hd) rotated by position; cos/sin (T, hd) broadcast over batch and heads."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """(B, nkv, S, hd) -> (B, nkv*groups, S, hd): query head h reads kv head h // groups, as in HF."""
+    if groups == 1:
+        return x
+    B, nkv, S, hd = x.shape
+    return x[:, :, None].expand(B, nkv, groups, S, hd).reshape(B, nkv * groups, S, hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        hidden, kv_width = config.hidden_size, config.num_key_value_heads * config.head_dim
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_width, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_width, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hd) with S = pos + T
+        # Expand k/v to the query heads ourselves: SDPA's enable_gqa path is slow on some backends.
+        groups = self.num_heads // self.num_kv_heads
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, nh, S, hd)
+        # No mask and T > 1 means no earlier tokens: plain causal. A single new token sees everything.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, nh*hd)
+        return self.o_proj(y)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoEFeedForward(nn.Module):
+    """Top-k routed SwiGLU experts plus always-on shared experts, with a Switch-style balance loss."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.aux_loss_coef = config.moe_aux_loss_coef
+        hidden, inter = config.hidden_size, config.intermediate_size
+        self.gate = nn.Linear(hidden, config.num_experts, bias=False)  # the router
+        self.experts = nn.ModuleList(FeedForward(hidden, inter) for _ in range(config.num_experts))
+        self.shared_experts = nn.ModuleList(FeedForward(hidden, inter) for _ in range(config.num_shared_experts))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        B, T, C = x.shape
+        flat = x.reshape(B * T, C)  # (N, C)
+        probs = self.gate(flat).float().softmax(dim=-1)  # (N, E)
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k) each
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        # Each expert runs only on the tokens routed to it (no dense all-experts compute).
+        for e, expert in enumerate(self.experts):
+            token_idx, slot = torch.nonzero(chosen == e, as_tuple=True)  # (n_e,) each
+            if token_idx.numel() == 0:
+                continue
+            y = expert(flat[token_idx]) * weights[token_idx, slot, None]  # (n_e, C)
+            out.index_add_(0, token_idx, y.to(out.dtype))
+        for expert in self.shared_experts:
+            out = out + expert(flat).to(out.dtype)
+        aux = None
+        if self.training and self.aux_loss_coef > 0:
+            # f_i: share of the N*k token-slots sent to expert i (a count, no gradient);
+            # P_i: mean router probability of expert i (carries the gradient). Minimal when uniform.
+            f = F.one_hot(chosen, self.num_experts).sum(dim=(0, 1)).float() / chosen.numel()  # (E,)
+            aux = self.aux_loss_coef * self.num_experts * (f * probs.mean(dim=0)).sum()
+        return out.view(B, T, C), aux
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(config, layer_idx)
+        dense = not config.use_moe
+        self.mlp = FeedForward(config.hidden_size, config.intermediate_size) if dense else MoEFeedForward(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None) -> tuple[Tensor, Tensor | None]:
+        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
+        h, aux = self.mlp(self.post_attention_layernorm(x)), None
+        if isinstance(self.mlp, MoEFeedForward):
+            h, aux = h  # MoE also returns its load-balancing loss
+        return x + self.resid_dropout(h), aux
+
+
+class DecoderModel(nn.Module):
+    """The body (HF's `model.` prefix): embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+    def forward(self, input_ids: Tensor, cache: KVCache | None) -> tuple[Tensor, Tensor | None]:
+        B, T = input_ids.shape
+        pos = 0 if cache is None else cache.pos
+        if cache is not None and (pos + T > cache.max_len or B != cache.batch_size):
+            raise ValueError(
+                f"KV cache holds {cache.max_len} positions for batch {cache.batch_size}; cannot add {T} tokens "
+                f"at position {pos} for batch {B}. Create a larger cache with new_cache(batch_size, max_len)."
+            )
+        cos, sin = self.rotary_emb(pos, T, input_ids.device)  # (T, hd) each
+        mask = None
+        if pos > 0 and T > 1:
+            # New query i sits at position pos+i and may see keys 0..pos+i (SDPA's is_causal would
+            # align the triangle to the top-left corner, wrong when there are earlier keys).
+            mask = torch.ones(T, pos + T, dtype=torch.bool, device=input_ids.device).tril(diagonal=pos)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        aux_total = None
+        for layer in self.layers:
+            x, aux = layer(x, cos, sin, mask, cache)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+        if cache is not None:
+            cache.pos = pos + T
+        return self.norm(x), aux_total
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (hidden @ weight.T) against targets, a chunk of rows at a time.
+
+    A plain loop over chunks would still keep every chunk's fp32 log-probabilities for backward,
+    i.e. the whole (N, vocab) logits after all. So each chunk's gradients are computed right away
+    in forward (a local autograd pass) and only the (N, C) and (vocab, C) gradients are kept.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
+        count = (targets != IGNORE_INDEX).sum().clamp(min=1)  # all ignored: loss 0, not NaN
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)  # summed over chunks in fp32
+        w = weight.detach().requires_grad_()
+        for start in range(0, hidden.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            h = hidden[rows].detach().requires_grad_()  # (n, C)
+            with torch.enable_grad():
+                logits = F.linear(h, w).float()  # (n, vocab): the only logits alive at a time
+                loss = F.cross_entropy(logits, targets[rows], ignore_index=IGNORE_INDEX, reduction="sum")
+            grad_h, grad_w = torch.autograd.grad(loss, (h, w))
+            grad_hidden[rows] = grad_h
+            grad_weight += grad_w
+            total += loss.detach()
+        ctx.save_for_backward(grad_hidden / count, (grad_weight / count).to(weight.dtype))
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[:2]
+        return grad_hidden * grad_out if need_h else None, grad_weight * grad_out if need_w else None, None, None
+
+
+def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
+    """Mean cross-entropy over the non-ignored rows of hidden (N, C) projected by weight (vocab, C)."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_rows)
+    total = sum(
+        F.cross_entropy(F.linear(hidden[s:s + chunk_rows], weight).float(), targets[s:s + chunk_rows],
+                        ignore_index=IGNORE_INDEX, reduction="sum")
+        for s in range(0, hidden.size(0), chunk_rows)
+    )
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+class CausalLM(nn.Module):
+    """Decoder + output projection; `forward` returns the loss with targets, else the logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = DecoderModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight  # one Parameter under both names
+        # Rows of (B*T, C) per loss chunk, so one chunk's fp32 logits stay near 64 MB.
+        self.loss_chunk_rows = max(1024, LOSS_CHUNK_ELEMENTS // config.vocab_size)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # HF's initializer_range=0.02 for every matrix; RMSNorm weights start at ones in RMSNorm itself.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> ModelOutput:
+        """input_ids (B, T). targets (B, T) with -100 for positions without loss: returns loss, no
+        logits. Without targets: logits (B, T, vocab), or (B, 1, vocab) for the last position only."""
+        hidden, aux_loss = self.model(input_ids, cache)  # (B, T, C)
+        if targets is None:
+            if last_only:
+                hidden = hidden[:, -1:]  # (B, 1, C)
+            return ModelOutput(logits=self.lm_head(hidden), aux_loss=aux_loss)
+        B, T, C = hidden.shape
+        loss = chunked_cross_entropy(
+            hidden.reshape(B * T, C), self.lm_head.weight, targets.reshape(B * T), self.loss_chunk_rows
+        )
+        if aux_loss is not None:
+            loss = loss + aux_loss
+        return ModelOutput(loss=loss, aux_loss=aux_loss)
+
+    def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for generation; device and dtype default to the model's."""
+        weight = self.lm_head.weight
+        c = self.config
+        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim,
+                       device=device or weight.device, dtype=dtype or weight.dtype)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def count_parameters(config: ModelConfig) -> tuple[int, int]:
+    """(total, active per token) from the config alone. Active leaves out the routed experts a token
+    does not visit; the embedding counts in both, once when tied to lm_head."""
+    C, inter, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    q_width, kv_width = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    attention = 2 * C * q_width + 2 * C * kv_width  # q, o + k, v
+    expert = 3 * C * inter  # gate, up, down
+    if config.use_moe:
+        shared = config.num_shared_experts * expert + C * config.num_experts  # + router
+        mlp_total = shared + config.num_experts * expert
+        mlp_active = shared + config.num_experts_per_tok * expert
+    else:
+        mlp_total = mlp_active = expert
+    embeddings = config.vocab_size * C * (1 if config.tie_word_embeddings else 2)
+    fixed = embeddings + L * (attention + 2 * C) + C  # + two norms per layer and the final norm
+    return fixed + L * mlp_total, fixed + L * mlp_active
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), the PaLM / nanoGPT estimate:
+    6 * N + 12 * L * C * T, where N is the active parameters doing matmuls (everything active but
+    the embedding lookup, with lm_head counted even when tied) and the second term is attention's
+    QK^T and AV over T positions (without halving for the causal mask, as PaLM does)."""
+    _, active = count_parameters(config)
+    lookup = config.vocab_size * config.hidden_size
+    matmul_params = active if config.tie_word_embeddings else active - lookup
+    return 6.0 * matmul_params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len

@@ -1,0 +1,98 @@
+"""Hugging Face format out and back in, and chat over a real trained checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.chat import ChatSession, load_model
+from engine.checkpoint import resolve_checkpoint
+from engine.config import ModelConfig
+from engine.export import ExportError, export_hf
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_hf(resolve_checkpoint(str(trained_run)), tmp_path_factory.mktemp("hf") / "model")
+
+
+def test_transformers_loads_export_without_remote_code_and_logits_match(trained_run: Path, exported: Path) -> None:
+    """Guards against an export that needs trust_remote_code or silently changes the math."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(exported).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    ours = load_model(resolve_checkpoint(str(trained_run)))
+    ids = torch.randint(3, ours.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours(ids).logits
+        got = hf(ids).logits
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_exported_tokenizer_renders_the_same_chat(trained_run: Path, exported: Path) -> None:
+    """Guards against the exported chat template drifting from what SFT trained on."""
+    from transformers import AutoTokenizer
+
+    session = ChatSession.open(trained_run)
+    session.system_prompt = "be brief"
+    session.history = [{"role": "user", "content": "1 plus 2?"}, {"role": "assistant", "content": "3"}]
+    messages = [{"role": "system", "content": "be brief"}, *session.history, {"role": "user", "content": "4 plus 4?"}]
+    hf_ids = AutoTokenizer.from_pretrained(exported).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert session.tokenizer.encode(hf_ids, add_special_tokens=False) == session.prompt_ids("4 plus 4?")
+    assert hf_ids.endswith("<s>user\n4 plus 4?</s>\n<s>assistant\n")
+
+
+def test_export_imports_back_as_a_starting_checkpoint(trained_run: Path, exported: Path) -> None:
+    """Guards against from_weight = <HF dir> loading different weights than were exported."""
+    original = load_model(resolve_checkpoint(str(trained_run)))
+    imported_ckpt = resolve_checkpoint(str(exported))
+    assert imported_ckpt.model_config.architecture() == original.config.architecture()
+    imported = load_model(imported_ckpt)
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(tensor, imported.state_dict()[name]), name
+
+
+def test_moe_export_is_refused_with_a_reason(trained_run: Path, tmp_path: Path) -> None:
+    """Guards against exporting an MoE model into a Llama config that drops its experts."""
+    ckpt = resolve_checkpoint(str(trained_run))
+    ckpt.state = {**ckpt.state, "model": ModelConfig(**{**ckpt.state["model"], "use_moe": True}).model_dump()}
+    with pytest.raises(ExportError, match="mixture-of-experts"):
+        export_hf(ckpt, tmp_path / "moe")
+
+
+def test_pretrain_checkpoint_chats_as_continuation_and_sft_as_chat(trained_run: Path) -> None:
+    """Guards against wrapping a pretrain model's prompt in a chat template it never saw."""
+    pre = ChatSession.open(trained_run / "checkpoints" / "pretrain" / "latest")
+    sft = ChatSession.open(trained_run)
+    assert pre.mode == "continue" and sft.mode == "chat"
+    assert pre.prompt_ids("the cat")[0] == 1 and "<s>assistant" not in pre.tokenizer.decode(pre.prompt_ids("the cat"))
+    answer = sft.answer("1 plus 2?")
+    assert sft.history[-1] == {"role": "assistant", "content": answer}
+    sft.clear()
+    assert sft.history == []
+
+
+def test_cli_chat_streams_and_obeys_commands(trained_run: Path) -> None:
+    """Guards against the terminal chat crashing on piped input or ignoring /clear and /quit."""
+    script = "1 plus 2?\n/clear\n/system be brief\nhello\n/quit\nnever read\n"
+    done = subprocess.run([sys.executable, "-m", "studio.cli", "chat", str(trained_run), "--max-new-tokens", "8"],
+                          input=script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ai>") == 2 and "conversation cleared" in done.stdout
+
+
+def test_cli_export_and_missing_checkpoint_error(trained_run: Path, tmp_path: Path) -> None:
+    """Guards against a traceback (instead of one clear line) for a wrong checkpoint path."""
+    ok = subprocess.run([sys.executable, "-m", "studio.cli", "export", str(trained_run), str(tmp_path / "out")],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert load_file(str(tmp_path / "out" / "model.safetensors"))
+    bad = subprocess.run([sys.executable, "-m", "studio.cli", "export", str(tmp_path / "nope"), str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no checkpoint found" in bad.stderr and "Traceback" not in bad.stderr
