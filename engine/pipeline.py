@@ -24,7 +24,7 @@ from engine.checkpoint import (
     resolve_checkpoint,
 )
 from engine.atomic import write_json_atomic
-from engine.config import Preset, StageName, load_preset
+from engine.config import Preset, PresetError, StageName, load_preset, resolve_path
 from engine.events import EventLog, Listener
 from engine.runs import read_status, stop_requested, write_status
 
@@ -105,20 +105,48 @@ def prepare_tokenizer(preset: Preset, run_dir: Path, log: EventLog, resume: bool
     return summary
 
 
-def resolve_init(stage: StageName, preset: Preset, run_dir: Path) -> Checkpoint | None:
-    """Where a training stage's weights start: from_weight, else this run's previous stage, else random."""
+def from_weight_checkpoint(stage: StageName, preset: Preset) -> Checkpoint | None:
+    """The checkpoint `<stage>.from_weight` names (architecture checked), or None when it is empty."""
     spec = preset.stage(stage).from_weight
+    if not spec:
+        return None
     if spec == "latest":
         ckpt = newest_matching_checkpoint(preset.out_dir, "pretrain", preset.model)
-    elif spec:
-        ckpt = resolve_checkpoint(spec, preset.out_dir, prefer=("pretrain", "sft"))
-    elif stage == "sft":
-        ckpt = latest_checkpoint(run_dir / "checkpoints" / "pretrain")
     else:
-        ckpt = None
-    if ckpt is not None:
-        check_architecture(ckpt, preset.model, f"{stage}.from_weight")
+        ckpt = resolve_checkpoint(spec, preset.out_dir, prefer=("pretrain", "sft"))
+    check_architecture(ckpt, preset.model, f"{stage}.from_weight")
     return ckpt
+
+
+def resolve_init(stage: StageName, preset: Preset, run_dir: Path) -> Checkpoint | None:
+    """Where a training stage's weights start: from_weight, else this run's previous stage, else random."""
+    if preset.stage(stage).from_weight:
+        return from_weight_checkpoint(stage, preset)
+    return latest_checkpoint(run_dir / "checkpoints" / "pretrain") if stage == "sft" else None
+
+
+def preflight(preset: Preset, source: str) -> None:
+    """Check what the stages will read before anything is launched; a PresetError names file and field."""
+    from engine.checkpoint import CheckpointError
+
+    def missing(field: str, value: str, what: str) -> PresetError:
+        return PresetError(f"{source}: {field} = {value!r}: {what}. Fix the path in the preset or with --set {field}=...")
+
+    if "tokenizer" in preset.stages or preset.tokenizer.from_dir:
+        if preset.tokenizer.from_dir and not (resolve_path(preset.tokenizer.from_dir) / "tokenizer.json").is_file():
+            raise missing("tokenizer.from_dir", preset.tokenizer.from_dir, "no tokenizer.json there")
+        if not preset.tokenizer.from_dir and not resolve_path(preset.tokenizer.data_path).is_file():
+            raise missing("tokenizer.data_path", preset.tokenizer.data_path, "file not found")
+    for stage in (s for s in preset.stages if s != "tokenizer"):
+        cfg = preset.stage(stage)
+        for field in ("data_path", "heldout_path"):
+            value = getattr(cfg, field)
+            if value and not resolve_path(value).is_file():
+                raise missing(f"{stage}.{field}", value, "file not found")
+        try:
+            from_weight_checkpoint(stage, preset)
+        except CheckpointError as error:
+            raise PresetError(f"{source}: {error}") from None
 
 
 def check_vocab(preset: Preset, tokenizer_dir: Path, log: EventLog) -> None:

@@ -30,7 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.config import load_preset
-    from engine.pipeline import run_pipeline
+    from engine.pipeline import preflight, run_pipeline
     from engine.runs import create_run, latest_run_of
     from studio.progress import RunProgress, summary_table
 
@@ -38,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stage:
         overrides.append(f'stages=["{args.stage}"]')
     preset = load_preset(args.preset, overrides)
+    preflight(preset, str(args.preset))
     if args.resume:
         run_dir = latest_run_of(preset.name, preset.out_dir)
         if run_dir is None:

@@ -58,24 +58,28 @@ def test_training_reduces_loss(make_preset) -> None:
 
 
 def test_resume_continues_the_same_loss_curve_bit_for_bit(make_preset) -> None:
-    """Guards against resume losing optimizer moments, the data position, RNG (dropout) or the LR schedule."""
-    preset = make_preset(stages=["tokenizer", "pretrain"], model={"dropout": 0.1}, pretrain={"max_steps": 8})
+    """Guards against resume losing optimizer moments, the data position (across an epoch boundary: batch
+    64 of ~317 sequences is 4 batches an epoch), RNG (dropout) or the LR schedule."""
+    preset = make_preset(stages=["tokenizer", "pretrain"], model={"dropout": 0.1},
+                         pretrain={"max_steps": 10, "batch_size": 64})
     straight = create_run(preset)
     run_pipeline(straight)
 
     interrupted = create_run(preset)
 
     def stop_at_four(event: dict) -> None:
-        if event["kind"] == "step" and event["step"] == 4:
+        if event["kind"] == "step" and event["step"] == 5:
             request_stop(interrupted)
 
     first = run_pipeline(interrupted, listeners=[stop_at_four])
     assert first.state == "stopped" and read_status(interrupted)["state"] == "stopped"
-    assert [p.name for p in list_checkpoints(interrupted / "checkpoints" / "pretrain")] == ["step_000004"]
+    assert [p.name for p in list_checkpoints(interrupted / "checkpoints" / "pretrain")] == ["step_000005"]
     second = run_pipeline(interrupted, resume=True)
     assert second.state == "finished"
 
     assert step_losses(interrupted) == step_losses(straight)
+    epochs = [e["epoch"] for e in iter_events(interrupted / "events.jsonl") if e["kind"] == "step"]
+    assert max(epochs) > 2  # the run really crossed epoch boundaries
     a = load_file(str(straight / "checkpoints/pretrain/latest/model.safetensors"))
     b = load_file(str(interrupted / "checkpoints/pretrain/latest/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -154,3 +158,17 @@ def test_sft_only_run_takes_tokenizer_from_its_starting_checkpoint(make_preset) 
     sft_run = create_run(make_preset(stages=["sft"], sft={"from_weight": "latest"}))
     assert run_pipeline(sft_run).state == "finished"
     assert (sft_run / "tokenizer" / "tokenizer.json").read_bytes() == (pre / "tokenizer" / "tokenizer.json").read_bytes()
+
+
+def test_preflight_names_the_field_of_a_missing_input(make_preset, tmp_path) -> None:
+    """Guards against a launch that creates a run dir and then dies on a missing file deep in a stage."""
+    from engine.config import PresetError
+    from engine.pipeline import preflight
+
+    with pytest.raises(PresetError, match=r"x.toml: pretrain.data_path = '/nope.jsonl': file not found"):
+        preflight(make_preset(pretrain={"data_path": "/nope.jsonl"}), "x.toml")
+    with pytest.raises(PresetError, match=r"x.toml: no checkpoint found at"):
+        preflight(make_preset(stages=["sft"], sft={"from_weight": str(tmp_path / "missing")}), "x.toml")
+    with pytest.raises(PresetError, match=r"from_weight = 'latest' found no pretrain checkpoint"):
+        preflight(make_preset(stages=["sft"], sft={"from_weight": "latest"}), "x.toml")
+    preflight(make_preset(), "x.toml")  # the fixture's own preset is fine
