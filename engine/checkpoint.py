@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.atomic import fsync_dir, point_symlink, write_json_atomic
+from engine.atomic import fsync_dir, point_symlink
 from engine.config import ModelConfig, resolve_path
 
 FORMAT_VERSION = 1

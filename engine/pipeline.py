@@ -139,10 +139,10 @@ def preflight(preset: Preset, source: str) -> None:
             raise missing("tokenizer.data_path", preset.tokenizer.data_path, "file not found")
     for stage in (s for s in preset.stages if s != "tokenizer"):
         cfg = preset.stage(stage)
-        for field in ("data_path", "heldout_path"):
-            value = getattr(cfg, field)
+        for name in ("data_path", "heldout_path"):
+            value = getattr(cfg, name)
             if value and not resolve_path(value).is_file():
-                raise missing(f"{stage}.{field}", value, "file not found")
+                raise missing(f"{stage}.{name}", value, "file not found")
         try:
             from_weight_checkpoint(stage, preset)
         except CheckpointError as error:

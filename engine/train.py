@@ -23,7 +23,8 @@ from engine.checkpoint import (
     save_checkpoint,
 )
 from engine.config import Preset, StageName, TrainStage
-from engine.data import EpochSampler, PretrainBlocks, SFTBlocks, build_token_cache, split_indices
+from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks, split_indices
+from engine.data import build_token_cache
 from engine.device import Precision, memory_snapshot, resolve_precision
 from engine.events import EventLog
 from engine.model import CausalLM, count_parameters, flops_per_token

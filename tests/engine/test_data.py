@@ -12,20 +12,15 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import engine.tokenizer as tokenizer_module
+from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks, epoch_permutation, pack_sequential, split_indices
 from engine.data import (
     IGNORE_INDEX,
     DataFormatError,
-    EpochSampler,
-    PretrainBlocks,
     ReadStats,
-    SFTBlocks,
     TokenCache,
     assistant_char_spans,
     build_token_cache,
-    epoch_permutation,
     iter_jsonl,
-    pack_sequential,
-    split_indices,
 )
 from engine.tokenizer import load_tokenizer, train_tokenizer
 
