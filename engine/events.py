@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 EVENT_VERSION = 1
 EVENT_KINDS = ("stage_start", "step", "eval", "checkpoint", "sample", "warning", "error", "stage_end")
@@ -50,6 +50,45 @@ class EventLog:
         if self._handle:
             self._handle.close()
             self._handle = None
+
+
+def format_event(event: dict[str, Any]) -> str | None:
+    """One human line for an event (train.log of a detached run), or None for events not worth a line."""
+    clock = time.strftime("%H:%M:%S", time.localtime(event["t"]))
+    kind, stage = event["kind"], event.get("stage", "")
+
+    def num(key: str, spec: str) -> str:
+        value = event.get(key)
+        return "-" if value is None else format(value, spec)
+
+    if kind == "step":
+        return (f"{clock} {stage} step {event['step']}/{event['total_steps']} loss {num('loss', '.4f')} "
+                f"lr {num('lr', '.2e')} {num('tokens_per_s', ',.0f')} tok/s eta {num('eta_s', '.0f')}s")
+    if kind == "eval":
+        fields = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
+                          if k.startswith(("eval_", "heldout_")) and k != "heldout_path")
+        return f"{clock} {stage} step {event['step']} eval: {fields}"
+    if kind == "checkpoint":
+        return f"{clock} {stage} checkpoint step {event['step']} -> {event['path']} ({num('seconds', '.2f')}s)"
+    if kind in ("stage_start", "stage_end"):
+        detail = f"{event.get('state')}" if kind == "stage_end" else f"{event.get('total_steps')} steps"
+        return f"{clock} {stage} {kind.replace('_', ' ')}: {detail}"
+    if kind in ("warning", "error"):
+        return f"{clock} {kind}: {event.get('message')}"
+    return None
+
+
+def plain_log_listener(stream: IO[str]) -> Listener:
+    def on_event(event: dict[str, Any]) -> None:
+        line = format_event(event)
+        if line:
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed terminal must not stop training
+
+    return on_event
 
 
 def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

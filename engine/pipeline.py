@@ -26,7 +26,7 @@ from engine.checkpoint import (
 from engine.atomic import write_json_atomic
 from engine.config import Preset, PresetError, StageName, load_preset, resolve_path
 from engine.events import EventLog, Listener
-from engine.runs import read_status, stop_requested, write_status
+from engine.runs import Heartbeat, RunLock, claim_status, read_status, stop_requested, write_status
 
 # How often step events refresh status.json (each refresh is an fsync'd file replace).
 STATUS_REFRESH_S = 2.0
@@ -46,9 +46,14 @@ class _StopFlag:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.signalled: str | None = None
+        self.announced = False
 
     def __call__(self) -> bool:
-        return self.signalled is not None or stop_requested(self.run_dir)
+        stopping = self.signalled is not None or stop_requested(self.run_dir)
+        if stopping and not self.announced:
+            self.announced = True
+            write_status(self.run_dir, state="stopping")
+        return stopping
 
     @contextmanager
     def handling_signals(self) -> Iterator[None]:
@@ -61,7 +66,8 @@ class _StopFlag:
                 raise KeyboardInterrupt  # a second Ctrl-C means "now"
             self.signalled = signal.Signals(signum).name
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # SIGHUP too: a foreground run whose SSH session drops checkpoints and stops instead of dying.
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             yield
         finally:
@@ -166,17 +172,23 @@ def check_vocab(preset: Preset, tokenizer_dir: Path, log: EventLog) -> None:
 def run_pipeline(
     run_dir: Path, *, resume: bool = False, listeners: list[Listener] | None = None, stages: list[str] | None = None
 ) -> PipelineResult:
-    """Execute the frozen preset in run_dir. On resume, finished stages are skipped and the current one continues."""
+    """Execute the frozen preset in run_dir. On resume, finished stages are skipped and the current one continues.
+    The run directory is locked for the duration: a second process on the same run raises RunBusy."""
+    preset = load_preset(run_dir / "preset.toml")
+    with RunLock(run_dir), Heartbeat(run_dir):
+        return _run_locked(run_dir, preset, resume, listeners or [], stages)
+
+
+def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Listener], stages: list[str] | None) -> PipelineResult:
     from engine.train import train_stage
 
-    preset = load_preset(run_dir / "preset.toml")
-    log = EventLog(run_dir / "events.jsonl", [_status_listener(run_dir), *(listeners or [])])
+    log = EventLog(run_dir / "events.jsonl", [_status_listener(run_dir), *listeners])
     stop = _StopFlag(run_dir)
     result = PipelineResult(run_dir, "finished")
     done = set(read_status(run_dir).get("stages_done", [])) if resume else set()
     if resume:
         (run_dir / "control" / "stop").unlink(missing_ok=True)  # the stop that ended the last session is spent
-    write_status(run_dir, state="running", exit_reason=None, resumed=resume, stages_done=sorted(done))
+    claim_status(run_dir, state="running", exit_reason=None, resumed=resume, stages_done=sorted(done))
     try:
         with stop.handling_signals():
             for stage in stages or preset.stages:
@@ -201,9 +213,10 @@ def run_pipeline(
                 done.add(stage)
                 write_status(run_dir, stages_done=sorted(done))
     except Exception as error:  # noqa: BLE001 - every failure is recorded in the run dir, then re-raised
-        result.state, result.error = "failed", str(error)
-        log.emit("error", message=str(error), error_type=type(error).__name__, traceback=traceback.format_exc())
-        write_status(run_dir, state="failed", exit_reason=str(error))
+        message = str(error) or type(error).__name__
+        result.state, result.error = "failed", message
+        log.emit("error", message=message, error_type=type(error).__name__, traceback=traceback.format_exc())
+        write_status(run_dir, state="failed", exit_reason=message)
         log.close()
         raise
     reason = f"stop requested ({stop.signalled or 'control/stop'})" if result.state == "stopped" else "all stages done"

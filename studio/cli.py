@@ -23,16 +23,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from engine.config import PresetError
     from engine.data import DataFormatError
     from engine.device import DeviceError
+    from engine.runs import RunBusy
     from engine.train import NonFiniteLoss
 
-    return (PresetError, CheckpointError, DataFormatError, DeviceError, NonFiniteLoss, ValueError, FileNotFoundError)
+    return (PresetError, CheckpointError, DataFormatError, DeviceError, NonFiniteLoss, RunBusy, ValueError, FileNotFoundError)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.config import load_preset
-    from engine.pipeline import preflight, run_pipeline
+    from engine.pipeline import preflight
     from engine.runs import create_run, latest_run_of
-    from studio.progress import RunProgress, summary_table
 
     overrides = list(args.set or [])
     if args.stage:
@@ -44,17 +44,75 @@ def cmd_run(args: argparse.Namespace) -> int:
         if run_dir is None:
             err_console.print(f"[red]error:[/] no earlier run of preset {preset.name!r} under {preset.out_dir} to resume")
             return 2
-        console.print(f"resuming [bold]{run_dir}[/]")
     else:
         run_dir = create_run(preset)
-        console.print(f"run [bold]{run_dir.name}[/] in {run_dir.parent}")
-    with RunProgress(console) as progress:
-        result = run_pipeline(run_dir, resume=args.resume, listeners=[progress])
+    return _execute(run_dir, resume=args.resume, detach=args.detach)
+
+
+def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
+    """Run (or resume) a prepared run directory, detached or in the foreground with a progress display."""
+    from engine.events import plain_log_listener
+    from engine.pipeline import run_pipeline
+    from engine.runs import RunLock, launch_detached
+    from studio.progress import RunProgress, summary_table
+
+    verb = "resuming" if resume else "run"
+    if detach:
+        with RunLock(run_dir):  # fail now, in the user's terminal, if the run is already live
+            pass
+        pid = launch_detached(run_dir, resume=resume)
+        console.print(f"{verb} [bold]{run_dir.name}[/] detached (pid {pid}); output in {run_dir / 'train.log'}")
+        console.print(f"watch: minimind-studio logs -f {run_dir.name}    stop: minimind-studio stop {run_dir.name}")
+        print(run_dir.name, file=sys.stderr if sys.stdout.isatty() else sys.stdout)
+        return 0
+    console.print(f"{verb} [bold]{run_dir.name}[/] in {run_dir.parent}")
+    with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
+        result = run_pipeline(run_dir, resume=resume, listeners=[progress, plain_log_listener(log)])
     console.print(summary_table(result))
     if result.state == "stopped":
-        console.print(f"stopped cleanly; continue with: minimind-studio run {args.preset} --resume")
+        console.print(f"stopped cleanly; continue with: minimind-studio resume {run_dir.name}")
     else:
         console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from engine.runs import find_run
+
+    return _execute(find_run(args.run, args.out_dir), resume=True, detach=args.detach)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from engine.runs import effective_state, find_run, read_status, request_stop
+
+    run_dir = find_run(args.run, args.out_dir)
+    state = effective_state(read_status(run_dir))
+    if state not in ("queued", "running", "stopping"):
+        console.print(f"{run_dir.name} is not running ({state}); nothing to stop")
+        return 0
+    request_stop(run_dir)
+    console.print(f"asked {run_dir.name} to stop: it finishes the current step, writes a checkpoint and exits. "
+                  f"Resume later with: minimind-studio resume {run_dir.name}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from engine.runs import list_runs, summarize
+    from studio.runs_table import runs_table
+
+    summaries = [summarize(run_dir) for run_dir in list_runs(args.out_dir)]
+    if not summaries:
+        console.print(f"no runs under {args.out_dir} yet; start one with: minimind-studio run tiny")
+        return 0
+    console.print(runs_table(summaries))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from engine.runs import find_run
+    from studio.logs_view import show_logs
+
+    show_logs(find_run(args.run, args.out_dir), follow=args.follow, console=console)
     return 0
 
 
@@ -129,7 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stage", choices=["tokenizer", "pretrain", "sft"], help="run only this stage")
     run.add_argument("--resume", action="store_true", help="continue the newest run of this preset from its checkpoints")
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a preset field (repeatable)")
+    run.add_argument("--detach", action="store_true", help="run in the background, immune to the terminal closing; prints the run id")
     run.set_defaults(handler=cmd_run)
+
+    runs = sub.add_parser("runs", help="list runs with their state, stage, step, loss and throughput")
+    runs.add_argument("--out-dir", default="runs")
+    runs.set_defaults(handler=cmd_runs)
+
+    logs = sub.add_parser("logs", help="show a run's metrics, events and log tail")
+    logs.add_argument("run", help="run id (or a unique part of it) or run directory")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
+    logs.add_argument("--out-dir", default="runs")
+    logs.set_defaults(handler=cmd_logs)
+
+    stop = sub.add_parser("stop", help="ask a run to checkpoint and exit cleanly")
+    stop.add_argument("run")
+    stop.add_argument("--out-dir", default="runs")
+    stop.set_defaults(handler=cmd_stop)
+
+    resume = sub.add_parser("resume", help="continue a stopped, failed or crashed run from its newest checkpoint")
+    resume.add_argument("run")
+    resume.add_argument("--detach", action="store_true")
+    resume.add_argument("--out-dir", default="runs")
+    resume.set_defaults(handler=cmd_resume)
 
     chat = sub.add_parser("chat", help="streaming terminal chat with a run or checkpoint")
     chat.add_argument("checkpoint", help="a run dir or id, a checkpoint dir, or an exported HF dir")

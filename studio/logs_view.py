@@ -1,0 +1,125 @@
+"""`minimind-studio logs [-f] RUN`: a plain-terminal view of a run, rebuilt from its directory.
+
+It follows events.jsonl from a byte offset (never re-reading the file), so it works the same for a
+run started a week ago in another SSH session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from engine.events import format_event, read_events
+from engine.runs import effective_state, read_status
+
+SPARK = "▁▂▃▄▅▆▇█"
+STATE_STYLE = {"running": "green", "finished": "bold green", "stopped": "yellow", "stopping": "yellow",
+               "failed": "red", "crashed": "bold red", "queued": "cyan"}
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """Loss history in one line of block characters (the last `width` points, bucketed)."""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [values[int(i * step)] for i in range(width)]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / span * (len(SPARK) - 1)))] for v in values)
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last n lines of a file, reading only its end."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            return handle.read().decode("utf-8", errors="replace").splitlines()[-n:]
+    except FileNotFoundError:
+        return []
+
+
+class RunFollower:
+    """Incremental state of one run: the newest step event, a bounded loss history, recent event lines."""
+
+    def __init__(self, run_dir: Path, history: int = 2000) -> None:
+        self.run_dir = run_dir
+        self.offset = 0
+        self.last_step: dict[str, Any] = {}
+        self.losses: deque[float] = deque(maxlen=history)
+        self.lines: deque[str] = deque(maxlen=8)
+        self.eval: dict[str, Any] = {}
+
+    def poll(self) -> None:
+        events, self.offset = read_events(self.run_dir / "events.jsonl", self.offset)
+        for event in events:
+            if event["kind"] == "step":
+                if event.get("stage") != self.last_step.get("stage"):
+                    self.losses.clear()
+                self.last_step = event
+                if event.get("loss") is not None:
+                    self.losses.append(event["loss"])
+            elif event["kind"] == "eval":
+                self.eval = event
+            if event["kind"] != "step":
+                line = format_event(event)
+                if line:
+                    self.lines.append(line)
+
+    def render(self, log_lines: int = 6) -> Group:
+        status = read_status(self.run_dir)
+        state = effective_state(status)
+        step, total = status.get("step", 0), status.get("total_steps", 0) or 1
+        s = self.last_step
+        head = Table.grid(padding=(0, 2))
+        head.add_row(Text(self.run_dir.name, style="bold"), Text(state, style=STATE_STYLE.get(state, "")),
+                     f"stage {status.get('stage') or '-'}", f"step {step}/{status.get('total_steps', 0)}")
+
+        def fmt(key: str, spec: str, source: dict[str, Any] = s) -> str:
+            value = source.get(key)
+            return "-" if value is None else format(value, spec)
+
+        memory = f"rss {fmt('rss_mb', ',.0f')} MiB" if "rss_mb" in s else (
+            f"alloc {fmt('mem_alloc_mb', ',.0f')} / peak {fmt('mem_peak_mb', ',.0f')} / reserved {fmt('mem_reserved_mb', ',.0f')} MiB")
+        metrics = Text("   ".join([
+            f"loss {fmt('loss', '.4f')}", f"eval {fmt('eval_loss', '.4f', self.eval)}", f"lr {fmt('lr', '.2e')}",
+            f"grad {fmt('grad_norm', '.3f')}", f"{fmt('tokens_per_s', ',.0f')} tok/s", f"mfu {fmt('mfu', '.1%')}",
+            memory, f"eta {fmt('eta_s', ',.0f')}s"]))
+        bar = Table.grid(expand=True)
+        bar.add_row(ProgressBar(total=total, completed=min(step, total)))
+        parts: list[Any] = [head, bar, metrics,
+                            Text(sparkline(list(self.losses)), style="cyan")]
+        if status.get("exit_reason") and state not in ("running", "queued"):
+            parts.append(Text(f"exit: {status['exit_reason']}", style=STATE_STYLE.get(state, "")))
+        parts.append(Panel("\n".join(self.lines) or "(no events yet)", title="events", title_align="left"))
+        parts.append(Panel("\n".join(tail_lines(self.run_dir / "train.log", log_lines)) or "(empty)",
+                           title="train.log", title_align="left"))
+        return Group(*parts)
+
+
+def show_logs(run_dir: Path, follow: bool, console: Console, interval: float = 1.0) -> None:
+    follower = RunFollower(run_dir)
+    follower.poll()
+    if not follow:
+        console.print(follower.render())
+        return
+    with Live(follower.render(), console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            time.sleep(interval)
+            follower.poll()
+            live.update(follower.render())
+            if effective_state(read_status(run_dir)) not in ("queued", "running", "stopping"):
+                follower.poll()
+                live.update(follower.render())
+                return
