@@ -15,7 +15,6 @@ import torch
 
 from engine.data import IGNORE_INDEX, TokenCache
 
-
 # --------------------------------------------------------------------------------------------
 # Fixed-shape blocks
 

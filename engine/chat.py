@@ -88,7 +88,7 @@ def read_heldout(path: Path) -> list[dict]:
     return items
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: tensors cached here (rotary tables) are reused by training
 def exact_match(session: ChatSession, items: list[dict], max_new_tokens: int = 32) -> dict:
     """Greedy answers to held-out questions ({"messages": [...], "answer": str}) scored by exact match."""
     greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)

@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,6 +130,8 @@ class RuntimeConfig(_Section):
     """DataLoader worker processes; 0 reads batches in the main process (cheap with the token cache)."""
     cache_dir: str = "runs/.cache"
     """Where tokenized data caches live; shared by all runs so a corpus is tokenized once."""
+    peak_tflops: float | None = Field(None, gt=0)
+    """Peak TFLOP/s that MFU is measured against; empty: the GPU's datasheet figure, or measured on a CPU."""
 
 
 class SwanlabConfig(_Section):

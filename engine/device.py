@@ -100,11 +100,14 @@ def resolve_precision(device_name: str, dtype: str) -> Precision:
 def memory_snapshot(device: torch.device) -> dict[str, float]:
     """Memory figures in MiB: CUDA allocator figures on a GPU, process RSS elsewhere."""
     if device.type == "cuda":
+        from engine.hardware import nvml_snapshot
+
         mib = 1024 * 1024
         return {
             "mem_alloc_mb": torch.cuda.memory_allocated(device) / mib,
             "mem_peak_mb": torch.cuda.max_memory_allocated(device) / mib,
             "mem_reserved_mb": torch.cuda.memory_reserved(device) / mib,
+            **nvml_snapshot(device),
         }
     return {"rss_mb": process_rss_mb()}
 

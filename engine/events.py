@@ -11,12 +11,120 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 EVENT_VERSION = 1
-EVENT_KINDS = ("stage_start", "step", "eval", "checkpoint", "sample", "warning", "error", "stage_end")
 
 Listener = Callable[[dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------------------------
+# The schema: one model per kind. Readers (studio, CLI, tests) validate with `parse_event`; the
+# writer does not, so a schema slip can never stop a training run.
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1]
+    t: float
+    stage: str | None = None
+
+
+class StageStartEvent(_Event):
+    # Extra keys carry the stage's setup (data sizes, device, dtype, parameters); they vary by stage.
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["stage_start"]
+    stage: str
+    total_steps: int
+    start_step: int
+    resumed: bool
+
+
+class StepEvent(_Event):
+    kind: Literal["step"]
+    stage: str
+    step: int
+    total_steps: int
+    loss: float | None
+    lr: float
+    grad_norm: float | None
+    tokens_per_s: float
+    samples_per_s: float
+    mfu: float | None
+    eta_s: float
+    tokens_seen: int
+    epoch: float
+    rss_mb: float | None = None
+    mem_alloc_mb: float | None = None
+    mem_peak_mb: float | None = None
+    mem_reserved_mb: float | None = None
+    mem_total_mb: float | None = None
+    gpu_util_pct: float | None = None
+
+
+class EvalEvent(_Event):
+    kind: Literal["eval"]
+    stage: str
+    step: int
+    eval_loss: float | None = None
+    heldout_accuracy: float | None = None
+    heldout_correct: int | None = None
+    heldout_total: int | None = None
+    heldout_path: str | None = None
+
+
+class CheckpointEvent(_Event):
+    kind: Literal["checkpoint"]
+    stage: str
+    step: int
+    path: str
+    seconds: float
+
+
+class SampleEvent(_Event):
+    kind: Literal["sample"]
+    stage: str
+    step: int
+    prompt: str
+    text: str
+
+
+class WarningEvent(_Event):
+    kind: Literal["warning"]
+    message: str
+
+
+class ErrorEvent(_Event):
+    kind: Literal["error"]
+    message: str
+    error_type: str
+    traceback: str | None = None
+
+
+class StageEndEvent(_Event):
+    model_config = ConfigDict(extra="allow")  # the stage's report (e.g. the tokenizer's compression)
+    kind: Literal["stage_end"]
+    stage: str
+    state: str
+    step: int
+    total_steps: int
+
+
+EVENT_MODELS: dict[str, type[_Event]] = {
+    model.model_fields["kind"].annotation.__args__[0]: model  # type: ignore[union-attr]
+    for model in (StageStartEvent, StepEvent, EvalEvent, CheckpointEvent, SampleEvent, WarningEvent, ErrorEvent, StageEndEvent)
+}
+EVENT_KINDS = tuple(EVENT_MODELS)
+
+
+def parse_event(event: dict[str, Any]) -> _Event:
+    """Validate one event dict against its kind's model (pydantic ValidationError if it does not fit)."""
+    model = EVENT_MODELS.get(event.get("kind", ""))
+    if model is None:
+        raise ValueError(f"unknown event kind {event.get('kind')!r}")
+    return model.model_validate(event)
 
 
 def _clean(value: Any) -> Any:

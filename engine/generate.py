@@ -60,7 +60,7 @@ def sample_next_token(logits: Tensor, context: Tensor, sampling: Sampling, gener
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: tensors cached here (rotary tables) are reused by training
 def generate(
     model: CausalLM,
     prompt_ids: list[int],

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from engine.atomic import write_json_atomic
 from engine.checkpoint import (
     Checkpoint,
     check_architecture,
@@ -23,10 +24,17 @@ from engine.checkpoint import (
     newest_matching_checkpoint,
     resolve_checkpoint,
 )
-from engine.atomic import write_json_atomic
 from engine.config import Preset, PresetError, StageName, load_preset, resolve_path
 from engine.events import EventLog, Listener
-from engine.runs import Heartbeat, RunLock, claim_status, read_status, stop_requested, write_status
+from engine.runs import (
+    Heartbeat,
+    RunLock,
+    claim_status,
+    read_status,
+    stop_requested,
+    write_status,
+)
+from engine.tracking import SwanlabTracker
 
 # How often step events refresh status.json (each refresh is an fsync'd file replace).
 STATUS_REFRESH_S = 2.0
@@ -85,6 +93,9 @@ def _status_listener(run_dir: Path) -> Listener:
                          tokens_per_s=event.get("tokens_per_s"), eta_s=event.get("eta_s"))
         elif event["kind"] == "stage_start":
             write_status(run_dir, stage=event["stage"], step=event["start_step"], total_steps=event["total_steps"])
+        elif event["kind"] == "stage_end":
+            write_status(run_dir, step=event["step"], total_steps=event["total_steps"],
+                         **({"loss": event["loss"]} if event.get("loss") is not None else {}))
 
     return on_event
 
@@ -183,6 +194,9 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
     from engine.train import train_stage
 
     log = EventLog(run_dir / "events.jsonl", [_status_listener(run_dir), *listeners])
+    tracker = SwanlabTracker.create(preset, run_dir, log)  # None unless [tracking.swanlab] is enabled
+    if tracker:
+        log.listeners.append(tracker)
     stop = _StopFlag(run_dir)
     result = PipelineResult(run_dir, "finished")
     done = set(read_status(run_dir).get("stages_done", [])) if resume else set()
@@ -217,19 +231,22 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
         result.state, result.error = "failed", message
         log.emit("error", message=message, error_type=type(error).__name__, traceback=traceback.format_exc())
         write_status(run_dir, state="failed", exit_reason=message)
+        if tracker:
+            tracker.close("failed", message)
         log.close()
         raise
     reason = f"stop requested ({stop.signalled or 'control/stop'})" if result.state == "stopped" else "all stages done"
     write_status(run_dir, state=result.state, exit_reason=reason)
+    if tracker:
+        tracker.close(result.state)
     log.close()
     return result
 
 
 def score_heldout(stage: StageName, preset: Preset, run_dir: Path, outcome: Any, log: EventLog) -> dict[str, Any]:
     """Greedy exact-match accuracy of the stage's final checkpoint on its held-out questions."""
-    from engine.chat import ChatSession, exact_match
+    from engine.chat import ChatSession, exact_match, read_heldout
     from engine.checkpoint import read_checkpoint
-    from engine.chat import read_heldout
 
     path = Path(preset.stage(stage).heldout_path)
     items = read_heldout(path)

@@ -56,6 +56,8 @@ def freeze_paths(preset: Preset) -> Preset:
     frozen.tokenizer.data_path = str(resolve_path(preset.tokenizer.data_path))
     if preset.tokenizer.from_dir:
         frozen.tokenizer.from_dir = str(resolve_path(preset.tokenizer.from_dir))
+    if preset.tracking.swanlab.logdir:
+        frozen.tracking.swanlab.logdir = str(resolve_path(preset.tracking.swanlab.logdir))
     for stage in ("pretrain", "sft"):
         section = frozen.stage(stage)
         section.data_path = str(resolve_path(section.data_path))

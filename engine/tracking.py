@@ -24,6 +24,7 @@ pipeline's own Ctrl-C handling (checkpoint, then stop) stays in charge.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import threading
@@ -113,18 +114,18 @@ class SwanlabTracker:
             import swanlab
 
             settings = swanlab.Settings(
-                interactive=True,  # never ask for a login on stdin: raise instead, and we warn
+                interactive=False,  # never ask for a login on stdin: raise instead, and we warn
                 terminal=swanlab.Settings.Terminal(proxy_type="none"),  # events.jsonl is our log; leave stdout alone
             )
-            kwargs: dict[str, Any] = dict(
-                project=cfg.project, name=cfg.experiment or run_dir.name, log_dir=str(logdir),
-                mode="online" if cfg.mode == "cloud" else cfg.mode, config=preset.model_dump(mode="json"),
-                description=f"minimind-studio run {run_dir}", settings=settings,
-            )
+            kwargs: dict[str, Any] = {
+                "project": cfg.project, "name": cfg.experiment or run_dir.name, "log_dir": str(logdir),
+                "mode": "online" if cfg.mode == "cloud" else cfg.mode, "config": preset.model_dump(mode="json"),
+                "description": f"minimind-studio run {run_dir}", "settings": settings,
+            }
             if saved.get("id"):
                 kwargs.update(id=saved["id"], resume="allow")
             run = _call_with_timeout(lambda: swanlab.init(**kwargs), INIT_TIMEOUT_S, on_late=_finish_quietly)
-        except Exception as error:  # noqa: BLE001 - tracking is optional; training goes on
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - tracking is optional; training goes on
             reason = f"{type(error).__name__}: {error}"
             if cfg.mode == "cloud":
                 message = (f"SwanLab cloud login failed: {reason}; training continues without tracking; "
@@ -134,10 +135,13 @@ class SwanlabTracker:
             _warn(log, message)
             return None
         sessions = [*saved.get("sessions", []), str(run.dir)]
-        write_json_atomic(run_dir / TRACKING_FILE, {
-            "tool": "swanlab", "id": run.id, "mode": cfg.mode, "project": cfg.project,
-            "experiment": kwargs["name"], "logdir": str(logdir), "sessions": sessions,
-        })
+        try:
+            write_json_atomic(run_dir / TRACKING_FILE, {
+                "tool": "swanlab", "id": run.id, "mode": cfg.mode, "project": cfg.project,
+                "experiment": kwargs["name"], "logdir": str(logdir), "sessions": sessions,
+            })
+        except OSError as error:
+            _warn(log, f"could not save {TRACKING_FILE} ({error}); a resumed run will start a new SwanLab experiment")
         if cfg.mode == "local" and importlib.util.find_spec("swanboard") is None:
             _warn(log, f"SwanLab local mode: metrics are saved in {logdir}, but `swanlab watch` needs "
                        f"`pip install 'swanlab[dashboard]'` (or use mode = offline and `swanlab sync` later)")
@@ -185,14 +189,10 @@ def _read_saved(run_dir: Path) -> dict[str, Any]:
 
 
 def _finish_quietly(run: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # already giving up on this run
         run.finish(state="aborted")
-    except Exception:  # noqa: BLE001 - already giving up on this run
-        pass
 
 
 def _warn(log: EventLog, message: str) -> None:
-    try:
-        log.emit("warning", source="tracking", message=message)
-    except Exception:  # noqa: BLE001 - a broken event sink must not turn a warning into a crash
-        pass
+    with contextlib.suppress(Exception):  # a broken event sink must not turn a warning into a crash
+        log.emit("warning", message=message)

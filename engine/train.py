@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks, split_indices
 from engine.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -23,11 +24,13 @@ from engine.checkpoint import (
     save_checkpoint,
 )
 from engine.config import Preset, StageName, TrainStage
-from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks, split_indices
 from engine.data import build_token_cache
 from engine.device import Precision, memory_snapshot, resolve_precision
 from engine.events import EventLog
+from engine.generate import Sampling, generate
+from engine.hardware import peak_flops
 from engine.model import CausalLM, count_parameters, flops_per_token
+from engine.tokenizer import load_tokenizer
 
 
 class NonFiniteLoss(RuntimeError):
@@ -132,14 +135,6 @@ def evaluate(model: CausalLM, blocks, indices, batch_size: int, max_batches: int
     return sum(losses) / len(losses)
 
 
-def _peak_flops(precision: Precision) -> float | None:
-    try:
-        from engine.hardware import peak_flops
-    except ImportError:
-        return None
-    return peak_flops(precision)
-
-
 def train_stage(
     stage: StageName,
     preset: Preset,
@@ -167,6 +162,7 @@ def train_stage(
         )
     total_steps = cfg.max_steps or max(1, cfg.epochs * batches_per_epoch // micro_per_step)
 
+    tokenizer = load_tokenizer(tokenizer_dir)
     model = CausalLM(preset.model)
     if init_from is not None:
         load_model_weights(model, init_from.path)
@@ -191,7 +187,7 @@ def train_stage(
 
     total_params, active_params = count_parameters(preset.model)
     flops_tok = flops_per_token(preset.model, cfg.max_seq_len)
-    peak = _peak_flops(precision)
+    peak = peak_flops(precision, preset.runtime.peak_tflops, Path(preset.runtime.cache_dir))
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * micro_per_step
     log.emit(
         "stage_start", stage=stage, total_steps=total_steps, start_step=step, resumed=resumed_from is not None,
@@ -276,6 +272,7 @@ def train_stage(
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < total_steps:
             last_eval = evaluate(model, blocks, eval_idx, cfg.batch_size, cfg.eval_max_batches, precision)
             log.emit("eval", stage=stage, step=step, eval_loss=last_eval)
+            emit_sample(model, blocks, eval_idx, tokenizer, stage, step, log)
             window_start = time.perf_counter()
         stopping = should_stop()
         if step % cfg.save_interval == 0 or stopping:
@@ -289,6 +286,7 @@ def train_stage(
         last_eval = evaluate(model, blocks, eval_idx, cfg.batch_size, cfg.eval_max_batches, precision)
         if last_eval is not None:
             log.emit("eval", stage=stage, step=step, eval_loss=last_eval)
+        emit_sample(model, blocks, eval_idx, tokenizer, stage, step, log)
         if last_saved is None or not last_saved.name.endswith(f"{step:06d}"):
             last_saved = save()
     seconds = time.perf_counter() - started
@@ -296,6 +294,19 @@ def train_stage(
              eval_loss=last_eval, seconds=round(seconds, 3), tokens_seen=tokens_seen)
     return StageResult(stage, state, step, total_steps, last_loss, last_eval, last_saved, seconds, tokens_seen,
                        extra=data_info)
+
+
+def emit_sample(model: CausalLM, blocks, eval_idx, tokenizer, stage: str, step: int, log: EventLog,
+                max_new_tokens: int = 32) -> None:
+    """A greedy continuation of a held-out sequence's opening, so a watcher sees what the model has learned.
+    SFT: the prompt is the sequence up to its first answer token (the question and the assistant header)."""
+    inputs, targets = blocks[int(eval_idx[0]) if len(eval_idx) else 0]
+    answer_at = (targets != -100).nonzero()
+    cut = int(answer_at[0]) + 1 if stage == "sft" and len(answer_at) else min(16, len(inputs))
+    prompt = inputs[:cut].tolist()
+    stops = {tokenizer.eos_token_id} if stage == "sft" else set()
+    new = list(generate(model, prompt, Sampling(temperature=0.0, max_new_tokens=max_new_tokens), stops))
+    log.emit("sample", stage=stage, step=step, prompt=tokenizer.decode(prompt), text=tokenizer.decode(new))
 
 
 def sampler_state(consumed: int, batches_per_epoch: int) -> dict[str, int]:

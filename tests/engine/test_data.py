@@ -12,7 +12,14 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import engine.tokenizer as tokenizer_module
-from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks, epoch_permutation, pack_sequential, split_indices
+from engine.blocks import (
+    EpochSampler,
+    PretrainBlocks,
+    SFTBlocks,
+    epoch_permutation,
+    pack_sequential,
+    split_indices,
+)
 from engine.data import (
     IGNORE_INDEX,
     DataFormatError,

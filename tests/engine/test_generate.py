@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from engine.config import ModelConfig
-from engine.generate import Sampling, apply_repetition_penalty, filter_logits, generate, sample_next_token, stream_text
+from engine.generate import (
+    Sampling,
+    apply_repetition_penalty,
+    filter_logits,
+    generate,
+    sample_next_token,
+    stream_text,
+)
 from engine.model import CausalLM
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from engine import tracking
 from engine.config import Preset, preset_from_dict
-from engine.events import EventLog, iter_events
+from engine.events import EventLog, iter_events, parse_event
 from engine.tracking import SwanlabTracker, event_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +29,9 @@ def make_preset(mode: str, **swanlab: Any) -> Preset:
 
 
 def step_event(stage: str, step: int, loss: float) -> dict[str, Any]:
-    return dict(stage=stage, step=step, total_steps=10, loss=loss, lr=1e-3, grad_norm=0.5, tokens_per_s=1000.0,
-                samples_per_s=8.0, mfu=None, eta_s=12.0, tokens_seen=step * 128, epoch=0.1, rss_mb=300.0)
+    return {"stage": stage, "step": step, "total_steps": 10, "loss": loss, "lr": 1e-3, "grad_norm": 0.5,
+            "tokens_per_s": 1000.0, "samples_per_s": 8.0, "mfu": None, "eta_s": 12.0, "tokens_seen": step * 128,
+            "epoch": 0.1, "rss_mb": 300.0}
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def run_script(body: str, tmp_path: Path, stdin: Any, timeout: float = 60) -> su
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWANLAB_")}
     env.update(SWANLAB_ROOT=str(tmp_path / "swanlab-root"), PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(body)], cwd=tmp_path, env=env, stdin=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_event_metrics_prefixes_stage_and_skips_non_numbers() -> None:
@@ -168,6 +169,7 @@ def test_local_mode_without_dashboard_still_saves_and_warns(hermetic: Path) -> N
     tracker.close()
     [warning] = [e for e in events if e["kind"] == "warning"]
     assert "swanlab[dashboard]" in warning["message"]
+    parse_event(warning)
     saved = json.loads((run_dir / "tracking.json").read_text())
     [session] = session_dirs(hermetic / "shared-swanlog", saved["id"])
     assert list((session / "logs").glob("*/_summary.json"))
@@ -232,7 +234,7 @@ def test_cloud_without_credentials_warns_fast_and_never_prompts(tmp_path: Path, 
     assert report["tracker"] is True  # create returned None
     assert report["seconds"] < 10
     [warning] = report["events"]
-    assert warning["kind"] == "warning"
+    parse_event(warning)  # a reader validating events.jsonl accepts it
     assert warning["message"].startswith("SwanLab cloud login failed: RuntimeError")
     assert "training continues without tracking" in warning["message"] and "swanlab login" in warning["message"]
     assert not (tmp_path / "run" / "tracking.json").exists()
@@ -290,6 +292,7 @@ def test_log_failure_warns_once_and_training_continues() -> None:
     log.emit("eval", stage="pretrain", step=4, eval_loss=1.0)
     warnings = [e for e in events if e["kind"] == "warning"]
     assert len(warnings) == 1 and "ConnectionError: upload queue died" in warnings[0]["message"]
+    parse_event(warnings[0])  # no stray fields: the events schema forbids extras on warnings
     assert calls == [1, ("finish", "aborted")]
     assert not tracker.active
     tracker.close()  # nothing left to finish; no second warning

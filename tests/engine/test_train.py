@@ -172,3 +172,22 @@ def test_preflight_names_the_field_of_a_missing_input(make_preset, tmp_path) -> 
     with pytest.raises(PresetError, match=r"from_weight = 'latest' found no pretrain checkpoint"):
         preflight(make_preset(stages=["sft"], sft={"from_weight": "latest"}), "x.toml")
     preflight(make_preset(), "x.toml")  # the fixture's own preset is fine
+
+
+def test_every_event_line_validates_against_the_schema(trained_run) -> None:
+    """Guards against the writer drifting from the pydantic event models the studio and CLI read with."""
+    from engine.events import parse_event
+
+    kinds = set()
+    for line in (trained_run / "events.jsonl").read_text().splitlines():
+        event = parse_event(json.loads(line))
+        kinds.add(event.kind)
+    assert {"stage_start", "step", "eval", "checkpoint", "sample", "stage_end"} <= kinds
+
+
+def test_periodic_eval_emits_samples_and_training_continues(make_preset) -> None:
+    """Guards against mid-stage evaluation breaking training (generation tensors reused in backward)."""
+    run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"eval_interval": 3, "max_steps": 6}))
+    assert run_pipeline(run_dir).state == "finished"
+    samples = [e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "sample"]
+    assert [s["step"] for s in samples] == [3, 6] and all(s["prompt"] for s in samples)
