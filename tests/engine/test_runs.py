@@ -178,3 +178,17 @@ def test_kill_9_anywhere_leaves_a_resumable_run_with_the_same_losses(long_preset
     assert {step for step, _ in seen} == set(expected)
     assert all(loss == expected[step] for step, loss in seen)  # re-done steps too: bit-for-bit on the CPU
     assert find_run(run_dir.name, out_dir) == run_dir
+
+
+def test_runs_and_logs_commands_rebuild_the_view_from_disk(trained_run: Path) -> None:
+    """Guards against the CLI views needing the process that wrote the run (re-attach from any shell)."""
+    out_dir = trained_run.parent
+    listing = cli("runs", "--out-dir", str(out_dir))
+    assert listing.returncode == 0 and trained_run.name in listing.stdout and "finished" in listing.stdout
+    logs = cli("logs", trained_run.name, "--out-dir", str(out_dir))
+    assert logs.returncode == 0, logs.stderr
+    assert "sft" in logs.stdout and "step 20/20" in logs.stdout and "checkpoint" in logs.stdout
+    follow = cli("logs", "-f", trained_run.name, "--out-dir", str(out_dir), timeout=30)  # ends: the run is done
+    assert follow.returncode == 0
+    missing = cli("logs", "no-such-run", "--out-dir", str(out_dir))
+    assert missing.returncode == 2 and "no run 'no-such-run'" in missing.stderr
