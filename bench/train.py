@@ -1,0 +1,161 @@
+"""Training throughput and memory: this engine vs. Hugging Face LlamaForCausalLM, side by side.
+
+    python -m bench.train [--shapes tiny,minimind-26m] [--dtypes float32,bfloat16] [--quick]
+
+Both models get the same shape (hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings,
+SDPA attention), the same packed token blocks and the same AdamW. Each (implementation, shape, dtype)
+runs in its own subprocess so peak RSS is that configuration's alone. Tokens/s is the median of several
+measured windows after warm-up; MFU is against this machine's matmul peak, measured in the same run.
+Results are appended to bench/RESULTS.md and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+# (batch, seq) per shape: the issue's minimind-26m orientation figures used batch 8 x 340.
+SHAPES = {"tiny": ("presets/tiny.toml", 16, 256), "minimind-26m": ("presets/minimind-26m.toml", 8, 340)}
+
+
+def build(impl: str, config):
+    import torch
+
+    torch.manual_seed(0)
+    if impl == "engine":
+        from engine.model import CausalLM
+
+        return CausalLM(config)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
+        tie_word_embeddings=config.tie_word_embeddings, max_position_embeddings=config.max_position_embeddings,
+        attention_bias=False, mlp_bias=False,
+    )
+    hf._attn_implementation = "sdpa"
+    return LlamaForCausalLM(hf)
+
+
+def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_per_window: int) -> dict:
+    """One configuration, in this process: returns tokens/s windows and peak RSS."""
+    import torch
+
+    from engine.config import load_preset
+    from engine.model import flops_per_token
+
+    preset_path, batch, seq = SHAPES[shape]
+    config = load_preset(ROOT / preset_path).model
+    model = build(impl, config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    generator = torch.Generator().manual_seed(1)
+    stream = torch.randint(3, config.vocab_size, (batch * (seq + 1) * 4,), generator=generator)
+    blocks = stream[: (stream.numel() // (seq + 1)) * (seq + 1)].view(-1, seq + 1)  # packed blocks, no padding
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def step(i: int) -> None:
+        rows = blocks[(i * batch) % (len(blocks) - batch + 1):][:batch]
+        inputs, targets = rows[:, :-1], rows[:, 1:]
+        with autocast:
+            if impl == "engine":
+                loss = model(inputs, targets=targets).loss
+            else:  # HF shifts the labels itself (seq - 1 targets instead of seq: the same work within 0.3%)
+                loss = model(input_ids=inputs, labels=inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for i in range(warmup):
+        step(i)
+    rates = []
+    for w in range(windows):
+        start = time.perf_counter()
+        for i in range(steps_per_window):
+            step(warmup + w * steps_per_window + i)
+        rates.append(batch * seq * steps_per_window / (time.perf_counter() - start))
+    tokens_per_s = statistics.median(rates)
+    return {
+        "impl": impl, "shape": shape, "dtype": dtype, "batch": batch, "seq": seq, "tokens_per_s": tokens_per_s,
+        "windows": rates, "flops_per_token": flops_per_token(config, seq),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def run_worker(impl: str, shape: str, dtype: str, quick: bool) -> dict:
+    args = ["--worker", impl, shape, dtype] + (["--quick"] if quick else [])
+    done = subprocess.run([sys.executable, "-m", "bench.train", *args], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{impl}/{shape}/{dtype} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict], peaks: dict[str, float]) -> str:
+    lines = ["| shape | dtype | impl | tokens/s | TFLOP/s | MFU | peak RSS MiB | engine/HF speed | engine/HF memory |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    by_key = {(r["shape"], r["dtype"], r["impl"]): r for r in results}
+    for r in results:
+        achieved = r["tokens_per_s"] * r["flops_per_token"]
+        hf = by_key.get((r["shape"], r["dtype"], "hf"))
+        ratio = mem = ""
+        if r["impl"] == "engine" and hf:
+            ratio = f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}x"
+            mem = f"{r['peak_rss_mb'] / hf['peak_rss_mb']:.2f}x"
+        lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} | "
+                     f"{achieved / (peaks[r['dtype']] * 1e12):.1%} | {r['peak_rss_mb']:,.0f} | {ratio} | {mem} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="tiny,minimind-26m")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--quick", action="store_true", help="fewer windows (a smoke run, numbers are noisy)")
+    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warmup, windows, per_window = (1, 2, 1) if args.quick else (2, 5, 2)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, warmup, windows, per_window)))
+        return 0
+
+    import torch
+
+    from engine.hardware import measure_matmul_tflops
+
+    peaks = {"float32": measure_matmul_tflops(torch.float32, seconds=1.0),
+             "bfloat16": measure_matmul_tflops(torch.bfloat16, seconds=1.0)}
+    results = []
+    for shape in args.shapes.split(","):
+        for dtype in args.dtypes.split(","):
+            for impl in ("engine", "hf"):
+                results.append(run_worker(impl, shape, dtype, args.quick))
+                print(f"{shape:>13} {dtype:>8} {impl:>6}: {results[-1]['tokens_per_s']:8,.0f} tok/s, "
+                      f"peak RSS {results[-1]['peak_rss_mb']:,.0f} MiB", flush=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report = (f"\n## Training throughput, {stamp}\n\n{platform.processor() or platform.machine()}, "
+              f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak "
+              f"{peaks['float32']:.3f} TFLOP/s fp32, {peaks['bfloat16']:.3f} bf16 (measured in this run)"
+              f"{' (quick run: noisy)' if args.quick else ''}.\n\n{table(results, peaks)}\n")
+    print(report)
+    with open(RESULTS, "a", encoding="utf-8") as handle:
+        handle.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
