@@ -64,6 +64,9 @@ class RunProgress:
                 f"{_fmt(event.get('tokens_per_s'), ',.0f')} tok/s"
             )
             self.progress.update(self.tasks[stage], completed=event["step"], metrics=metrics)
+        elif kind == "eval" and event.get("heldout_total"):
+            self.console.print(f"  {stage} step {event['step']}: held-out exact match {event['heldout_accuracy']:.1%} "
+                               f"({event['heldout_correct']}/{event['heldout_total']})")
         elif kind == "eval":
             self.console.print(f"  {stage} step {event['step']}: eval loss {_fmt(event.get('eval_loss'), '.4f')}")
         elif kind == "stage_end" and stage in self.tasks:
@@ -79,8 +82,9 @@ class RunProgress:
 
 def summary_table(result: Any) -> Table:
     table = Table(title=f"run {result.run_dir.name}: {result.state}")
-    for column in ("stage", "steps", "time", "final loss", "eval loss", "output"):
-        table.add_column(column)
+    for column in ("stage", "steps", "time", "final loss", "eval loss"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("output", overflow="fold")
     for name, outcome in result.stages.items():
         if outcome is None:
             continue
@@ -88,8 +92,12 @@ def summary_table(result: Any) -> Table:
             table.add_row(name, "-", f"{outcome['train_seconds']:.1f}s", "-", "-",
                           f"vocab {outcome['vocab_size']}, {outcome['chars_per_token']:.2f} chars/token")
             continue
+        output = str(outcome.checkpoint or "-")
+        heldout = outcome.extra.get("heldout")
+        if heldout:
+            output += f"\nheld-out exact match {heldout['accuracy']:.1%} ({heldout['correct']}/{heldout['total']})"
         table.add_row(
             name, f"{outcome.step}/{outcome.total_steps}", f"{outcome.seconds:.1f}s", _fmt(outcome.final_loss, ".4f"),
-            _fmt(outcome.eval_loss, ".4f"), str(outcome.checkpoint or "-"),
+            _fmt(outcome.eval_loss, ".4f"), output,
         )
     return table
