@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import fsync_dir, point_symlink
-from engine.config import ModelConfig, resolve_path
+from engine.config import ModelConfig, output_path, resolve_path
 
 FORMAT_VERSION = 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -174,7 +174,7 @@ def resolve_checkpoint(spec: str, out_dir: str | Path = "runs", prefer: tuple[st
     """A checkpoint from what a user types: a checkpoint dir, a stage dir, a run dir or a run id."""
     from engine.export import is_hf_dir, read_hf_checkpoint
 
-    candidates = [resolve_path(spec), resolve_path(out_dir) / spec]
+    candidates = [resolve_path(spec), output_path(out_dir) / spec]
     for path in candidates:
         if (path / "state.json").is_file():
             return read_checkpoint(path)
@@ -197,7 +197,7 @@ def resolve_checkpoint(spec: str, out_dir: str | Path = "runs", prefer: tuple[st
 def newest_matching_checkpoint(out_dir: str | Path, stage: str, model: ModelConfig) -> Checkpoint:
     """from_weight = 'latest': the newest complete `stage` checkpoint under out_dir with this architecture."""
     found: list[Checkpoint] = []
-    for stage_dir in sorted(resolve_path(out_dir).glob(f"*/checkpoints/{stage}")):
+    for stage_dir in sorted(output_path(out_dir).glob(f"*/checkpoints/{stage}")):
         ckpt = latest_checkpoint(stage_dir)
         if ckpt and ckpt.model_config.architecture() == model.architecture():
             found.append(ckpt)

@@ -370,8 +370,14 @@ def save_preset(preset: Preset, path: str | Path) -> None:
     write_text_atomic(Path(path), preset_to_toml(preset))
 
 
+def output_path(value: str | Path) -> Path:
+    """A place we write (out_dir, cache_dir, logdir): always relative to the working directory."""
+    return Path(value).expanduser().resolve()
+
+
 def resolve_path(value: str | Path) -> Path:
-    """A user path: absolute, else relative to the working directory, else to the project folder."""
+    """A path we read: absolute, else relative to the working directory, else to the project folder
+    (so the built-in presets and dataset/ are found from anywhere). Never use it for outputs."""
     path = Path(value).expanduser()
     if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
         return (PROJECT_ROOT / path).resolve()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import write_json_atomic, write_text_atomic
-from engine.config import Preset, preset_to_toml, resolve_path
+from engine.config import Preset, output_path, preset_to_toml, resolve_path
 
 RUN_STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 LIVE_STATES = ("queued", "running", "stopping")
@@ -51,13 +51,13 @@ def new_run_id(name: str, out_dir: Path, now: datetime | None = None) -> str:
 def freeze_paths(preset: Preset) -> Preset:
     """Make every data/weight path absolute so the frozen preset works from any directory later."""
     frozen = preset.model_copy(deep=True)
-    frozen.out_dir = str(resolve_path(preset.out_dir))
-    frozen.runtime.cache_dir = str(resolve_path(preset.runtime.cache_dir))
+    frozen.out_dir = str(output_path(preset.out_dir))
+    frozen.runtime.cache_dir = str(output_path(preset.runtime.cache_dir))
     frozen.tokenizer.data_path = str(resolve_path(preset.tokenizer.data_path))
     if preset.tokenizer.from_dir:
         frozen.tokenizer.from_dir = str(resolve_path(preset.tokenizer.from_dir))
     if preset.tracking.swanlab.logdir:
-        frozen.tracking.swanlab.logdir = str(resolve_path(preset.tracking.swanlab.logdir))
+        frozen.tracking.swanlab.logdir = str(output_path(preset.tracking.swanlab.logdir))
     for stage in ("pretrain", "sft"):
         section = frozen.stage(stage)
         section.data_path = str(resolve_path(section.data_path))
@@ -233,7 +233,7 @@ def request_stop(run_dir: Path) -> None:
 
 def list_runs(out_dir: str | Path = "runs") -> list[Path]:
     """Run directories under out_dir, oldest first (ids sort by time)."""
-    root = resolve_path(out_dir)
+    root = output_path(out_dir)
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / "preset.toml").is_file())
@@ -258,7 +258,7 @@ def find_run(spec: str, out_dir: str | Path = "runs") -> Path:
     matches = [r for r in runs if r.name == spec] or [r for r in runs if r.name.startswith(spec) or r.name.endswith(spec)]
     if len(matches) == 1:
         return matches[0]
-    where = resolve_path(out_dir)
+    where = output_path(out_dir)
     if not matches:
         raise FileNotFoundError(f"no run {spec!r} under {where}; `minimind-studio runs` lists them")
     raise FileNotFoundError(f"{spec!r} matches {len(matches)} runs under {where}: {', '.join(m.name for m in matches[:5])}; give more of the id")

@@ -1,0 +1,250 @@
+"""Follow one run directory incrementally and summarise it as an immutable snapshot (no UI here).
+
+A `RunWatch` lives in the monitor's worker thread: each `poll` reads only the bytes appended to
+events.jsonl since the last poll (bounded per call, so a run with a million events loads in slices
+and the UI shows progress), folds them into bounded series (studio.series), and `snapshot` returns
+frozen copies the UI thread can draw without locks. Two watchers on the same directory (a second
+studio, a reopened one) fold the same events, so they show the same state: that is re-attaching.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.events import format_event
+from engine.runs import effective_state, read_status
+from studio.logs_view import tail_lines
+from studio.series import Ema, Series
+
+CHUNK_BYTES = 4 << 20  # events read per poll; about 10k step events
+EVENT_LINES = 60
+LOG_LINES = 60
+METRICS = ("loss", "loss_ema", "eval_loss", "lr", "tokens_per_s", "mfu")
+Points = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def read_events_bounded(path: Path, offset: int, max_bytes: int = CHUNK_BYTES) -> tuple[list[dict[str, Any]], int]:
+    """Complete events from `offset`, reading at most about max_bytes; a torn last line waits for its end.
+
+    engine.events.read_events reads everything after the offset in one go; a studio opened on a
+    week-long run would hold the whole file in memory at once, hence this bounded variant.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(max_bytes)
+            while data and b"\n" not in data[-max_bytes:] and len(data) % max_bytes == 0:
+                more = handle.read(max_bytes)  # one line longer than a chunk: keep reading to its end
+                if not more:
+                    break
+                data += more
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for raw in data[:end].splitlines():
+        if raw.strip():
+            try:
+                events.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue  # a line mangled by a crash mid-write; later lines are still good
+    return events, offset + end
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass(frozen=True)
+class StageView:
+    name: str
+    state: str  # pending | running | finished | stopped | failed
+    step: int
+    total_steps: int
+    eta_s: float | None
+    series: dict[str, Points]
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    run_dir: Path
+    preset: str
+    state: str  # effective state: a dead live run reads "crashed"
+    status: dict[str, Any]
+    stage: str | None  # the stage running now (or the last one that ran)
+    stages: tuple[StageView, ...]
+    last_step: dict[str, Any]
+    last_eval: dict[str, Any]
+    setup: dict[str, Any]
+    events: tuple[str, ...]
+    log_tail: tuple[str, ...]
+    n_events: int
+    offset: int
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    def stage_view(self, name: str | None) -> StageView | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+@dataclass
+class _Stage:
+    name: str
+    state: str = "pending"
+    step: int = 0
+    total_steps: int = 0
+    eta_s: float | None = None
+    ema: Ema = field(default_factory=Ema)
+    series: dict[str, Series] = field(default_factory=lambda: {m: Series() for m in METRICS})
+
+    def rewind(self, step: int) -> None:
+        """A resumed stage replays steps after its checkpoint: drop the points it will log again."""
+        for series in self.series.values():
+            series.truncate(step)
+
+    def view(self) -> StageView:
+        return StageView(self.name, self.state, self.step, self.total_steps, self.eta_s,
+                         {name: s.points() for name, s in self.series.items()})
+
+
+class RunWatch:
+    def __init__(self, run_dir: Path, with_log: bool = True, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.run_dir = Path(run_dir)
+        self.with_log = with_log
+        self.chunk_bytes = chunk_bytes
+        self.offset = 0
+        self.n_events = 0
+        self.stage_order, self.preset = self._read_preset()
+        self.stages: dict[str, _Stage] = {name: _Stage(name) for name in self.stage_order}
+        self.current: str | None = None
+        self.last_step: dict[str, Any] = {}
+        self.last_eval: dict[str, Any] = {}
+        self.setup: dict[str, dict[str, Any]] = {}  # device, dtype, params from each stage_start
+        self.lines: deque[str] = deque(maxlen=EVENT_LINES)
+        self.status: dict[str, Any] = {}
+        self.state = "unknown"
+        self.log_tail: tuple[str, ...] = ()
+        self._log_sig: tuple[int, int] | None = None
+        self.more_pending = False
+
+    def _read_preset(self) -> tuple[list[str], str]:
+        from engine.config import PresetError, load_preset
+
+        try:
+            preset = load_preset(self.run_dir / "preset.toml")
+        except PresetError:
+            return [], self.run_dir.name
+        return list(preset.stages), preset.name
+
+    def _stage(self, name: str) -> _Stage:
+        if name not in self.stages:
+            self.stages[name] = _Stage(name)
+            self.stage_order.append(name)
+        return self.stages[name]
+
+    def poll(self) -> bool:
+        """Read what was appended since the last poll; True when anything shown has changed."""
+        path = self.run_dir / "events.jsonl"
+        events, new_offset = read_events_bounded(path, self.offset, self.chunk_bytes)
+        # More complete lines may be waiting when this slice was not empty and the file goes on (a torn
+        # last line alone reads as an empty slice, so a half-written line never causes a busy loop).
+        self.more_pending = new_offset > self.offset and _size(path) > new_offset
+        self.offset = new_offset
+        for event in events:
+            self.apply(event)
+        status = read_status(self.run_dir)
+        state = effective_state(status)
+        changed = bool(events) or status != self.status or state != self.state
+        self.status, self.state = status, state
+        if self.with_log:
+            changed |= self._read_log()
+        return changed
+
+    def _read_log(self) -> bool:
+        path = self.run_dir / "train.log"
+        try:
+            stat = os.stat(path)
+            signature = (stat.st_size, stat.st_mtime_ns)
+        except FileNotFoundError:
+            signature = None
+        if signature == self._log_sig:
+            return False
+        self._log_sig = signature
+        self.log_tail = tuple(tail_lines(path, LOG_LINES))
+        return True
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one event into the state (pure bookkeeping; tests feed events directly)."""
+        self.n_events += 1
+        kind, name = event.get("kind"), event.get("stage")
+        stage = self._stage(name) if name else None
+        if kind == "step" and stage is not None:
+            self._apply_step(stage, event)
+            return
+        if kind == "stage_start" and stage is not None:
+            if stage.step > event.get("start_step", 0):
+                stage.rewind(event.get("start_step", 0))
+            stage.state, stage.step = "running", event.get("start_step", 0)
+            stage.total_steps = event.get("total_steps", 0)
+            self.current = stage.name
+            self.setup[stage.name] = {k: event.get(k) for k in ("device", "dtype", "params") if event.get(k) is not None}
+        elif kind == "stage_end" and stage is not None:
+            stage.state, stage.step = event.get("state", "finished"), event.get("step", stage.step)
+            stage.total_steps = event.get("total_steps", stage.total_steps)
+            stage.eta_s = 0.0 if stage.state == "finished" else stage.eta_s
+        elif kind == "eval" and stage is not None:
+            stage.series["eval_loss"].add(event.get("step", 0), event.get("eval_loss"))
+            self.last_eval = dict(event)
+        line = self._line(event)
+        if line:
+            self.lines.append(line)
+
+    def _apply_step(self, stage: _Stage, event: dict[str, Any]) -> None:
+        step = event.get("step", 0)
+        if self.current != stage.name:
+            self.current = stage.name
+        stage.state = "running" if stage.state == "pending" else stage.state
+        stage.step, stage.total_steps = step, event.get("total_steps", stage.total_steps)
+        stage.eta_s = event.get("eta_s")
+        loss = event.get("loss")
+        stage.series["loss"].add(step, loss)
+        stage.series["loss_ema"].add(step, stage.ema.update(loss))
+        for metric in ("lr", "tokens_per_s", "mfu"):
+            stage.series[metric].add(step, event.get(metric))
+        self.last_step = event
+
+    @staticmethod
+    def _line(event: dict[str, Any]) -> str | None:
+        if event.get("kind") == "sample":
+            clock = time.strftime("%H:%M:%S", time.localtime(event.get("t", 0)))
+            text = f"{event.get('prompt', '')!r} → {event.get('text', '')!r}"
+            return f"{clock} {event.get('stage')} sample at step {event.get('step')}: {text[:160]}"
+        try:
+            return format_event(event)
+        except (KeyError, TypeError, ValueError):
+            return None  # an event of a newer schema: skip its line rather than stop following
+
+    def snapshot(self) -> RunSnapshot:
+        return RunSnapshot(
+            run_dir=self.run_dir, preset=self.status.get("preset") or self.preset, state=self.state,
+            status=dict(self.status), stage=self.current or self.status.get("stage"),
+            stages=tuple(self.stages[name].view() for name in self.stage_order),
+            last_step=dict(self.last_step), last_eval=dict(self.last_eval),
+            setup=dict(self.setup.get(self.current or "", {})), events=tuple(self.lines),
+            log_tail=self.log_tail, n_events=self.n_events, offset=self.offset,
+        )

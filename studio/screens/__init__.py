@@ -1,0 +1,1 @@
+"""Modal screens: errors, confirmations, a one-line prompt."""

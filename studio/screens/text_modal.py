@@ -1,0 +1,40 @@
+"""A scrollable read-only text (the preset diff), with copy."""
+
+from __future__ import annotations
+
+from rich.console import RenderableType
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+
+class TextModal(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q", "dismiss", "Close"), Binding("c", "copy", "Copy")]
+
+    def __init__(self, title: str, body: RenderableType, plain: str) -> None:
+        super().__init__()
+        self.title_text, self.body, self.plain = title, body, plain
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="wide"):
+            yield Static(self.title_text, id="dialog-title")
+            with VerticalScroll(id="dialog-body"):
+                yield Static(self.body, id="text-body")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Copy", id="copy")
+                yield Button("Close", id="close", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#close", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "copy":
+            self.action_copy()
+        else:
+            self.dismiss()
+
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(self.plain)
+        self.notify("copied")

@@ -1,0 +1,44 @@
+"""One progress line per stage of the run: bar, step/total, ETA or final state."""
+
+from __future__ import annotations
+
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from studio.run_watch import RunSnapshot
+
+STATE_STYLE = {"running": "green", "finished": "bold green", "stopped": "yellow", "failed": "red", "pending": "dim"}
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"ETA {hours}h{rest // 60:02d}m" if hours else f"ETA {rest // 60}m{rest % 60:02d}s"
+
+
+class StageProgress(Static):
+    def show(self, snapshot: RunSnapshot | None) -> None:
+        if snapshot is None or not snapshot.stages:
+            self.update("")
+            return
+        table = Table.grid(padding=(0, 1), expand=True)
+        table.add_column(width=9, no_wrap=True)
+        table.add_column(ratio=1)
+        table.add_column(width=13, no_wrap=True, justify="right")
+        table.add_column(width=12, no_wrap=True)
+        for stage in snapshot.stages:
+            crashed = snapshot.state in ("crashed", "failed") and stage.name == snapshot.stage and stage.state == "running"
+            state = snapshot.state if crashed else stage.state
+            tail = eta_text(stage.eta_s) if state == "running" else state
+            table.add_row(
+                Text(stage.name, style="bold" if stage.name == snapshot.stage else ""),
+                ProgressBar(total=max(1, stage.total_steps), completed=stage.step if stage.total_steps else 0,
+                            complete_style=STATE_STYLE.get(state, "red"), finished_style="green"),
+                f"{stage.step}/{stage.total_steps}",
+                Text(tail, style=STATE_STYLE.get(state, "bold red")),
+            )
+        self.update(table)

@@ -1,0 +1,221 @@
+"""The Runs tab: every run directory under the studio's runs folder, refreshed live.
+
+Runs started from the CLI appear the same way: the table is rebuilt from the run directories (a
+thread worker scans them every poll interval and posts `RunsScanned`), never from studio memory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Static
+
+from engine.runs import LIVE_STATES, effective_state, read_status, request_stop
+from studio import launcher
+from studio.messages import OpenRuns, RunsScanned
+from studio.paths import display_path
+from studio.run_rows import COLUMNS, STATE_STYLE, RunRow, scan_runs
+from studio.screens.confirm_modal import ConfirmModal
+from studio.widgets.pane import Pane
+
+MARK = "● "
+
+
+class RunsPane(Pane):
+    DEFAULT_FOCUS = "#runs-table"
+    BINDINGS = [
+        Binding("o", "open", "Monitor"),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare marked"),
+        Binding("s", "stop", "Stop"),
+        Binding("r", "resume", "Resume"),
+        Binding("d", "delete", "Delete"),
+        Binding("n", "new", "New run"),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rows: dict[str, RunRow] = {}
+        self.marked: set[Path] = set()
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="runs-detail")
+        yield Static("", id="runs-hint")
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        self.scan()
+        self.set_interval(self.app.poll_s, self.scan)  # type: ignore[attr-defined]
+
+    # ---- scanning
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs-scan", name="reading run directories")
+    def scan(self) -> None:
+        try:
+            rows = scan_runs(self.app.runs_dir)  # type: ignore[attr-defined]
+        except OSError as error:  # every second: a hint, not a modal per scan
+            self.post_message(RunsScanned([], f"cannot read {error.filename}: {error.strerror}"))
+            return
+        self.post_message(RunsScanned(rows))
+
+    def on_runs_scanned(self, message: RunsScanned) -> None:
+        if message.error:
+            self.query_one("#runs-hint", Static).update(Text(message.error, style="red"))
+            return
+        self.show_rows(message.rows)
+
+    def show_rows(self, rows: list[RunRow]) -> None:
+        """Update the table in place (cursor and scroll stay put), newest run first."""
+        table = self.query_one(DataTable)
+        now = self.app.clock()  # type: ignore[attr-defined]
+        fresh = {str(row.run_dir): row for row in rows}
+        self.marked &= {row.run_dir for row in rows}
+        for key in [k for k in self.rows if k not in fresh]:
+            table.remove_row(key)
+            self.rows.pop(key)
+        added = False
+        for key, row in fresh.items():
+            cells = self._cells(row, now)
+            if key not in self.rows:
+                table.add_row(*cells, key=key)
+                added = True
+            else:
+                old = self._cells(self.rows[key], now)
+                for column, new, before in zip(COLUMNS, cells, old):
+                    if str(new) != str(before):
+                        table.update_cell(key, column, new)
+            self.rows[key] = row
+        if added:
+            table.sort("id", key=lambda cell: str(cell).removeprefix(MARK), reverse=True)  # ids sort by time
+        self._hint()
+        self._detail()
+
+    def _cells(self, row: RunRow, now: float) -> list[Any]:
+        cells: list[Any] = list(row.cells(now))
+        cells[0] = (MARK if row.run_dir in self.marked else "") + cells[0]
+        cells[6] = Text(row.state, style=STATE_STYLE.get(row.state, ""))
+        return cells
+
+    def _hint(self) -> None:
+        live = sum(row.live for row in self.rows.values())
+        text = f"{len(self.rows)} runs, {live} live, in {display_path(self.app.runs_dir)}/"  # type: ignore[attr-defined]
+        if self.marked:
+            text += f" · {len(self.marked)} marked (c: compare)"
+        if not self.rows:
+            text = f"no runs under {display_path(self.app.runs_dir)}/ yet · n: pick a preset and launch it · ctrl+t: start tiny"  # type: ignore[attr-defined]
+        self.query_one("#runs-hint", Static).update(text)
+
+    # ---- the run under the cursor
+
+    def current(self) -> RunRow | None:
+        table = self.query_one(DataTable)
+        if not self.rows or table.cursor_row < 0 or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.rows.get(key or "")
+
+    def select_run(self, run_dir: Path) -> None:
+        table = self.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index(str(run_dir)))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail()
+
+    def _detail(self) -> None:
+        """One line about the run under the cursor: where it lives and why it ended."""
+        row = self.current()
+        text = ""
+        if row is not None:
+            from engine.runs import read_status
+
+            status = read_status(row.run_dir)
+            reason = status.get("exit_reason")
+            text = f"{display_path(row.run_dir)}/"
+            if reason and not row.live:
+                text += f" · {reason}"
+            if row.state == "crashed":
+                text += " · the process is gone without a word (killed?): r resumes from its last checkpoint"
+        self.query_one("#runs-detail", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_open(self) -> None:
+        row = self.current()
+        if row:
+            others = sorted(d for d in self.marked if d != row.run_dir)
+            self.post_message(OpenRuns([row.run_dir, *others]))
+
+    def action_mark(self) -> None:
+        row = self.current()
+        if row:
+            self.marked ^= {row.run_dir}
+            self.query_one(DataTable).update_cell(str(row.run_dir), "id", self._cells(row, self.app.clock())[0])  # type: ignore[attr-defined]
+            self._hint()
+
+    def action_compare(self) -> None:
+        runs = sorted(self.marked)
+        if len(runs) < 2:
+            self.notify("mark two or more runs with space first", severity="warning")
+            return
+        self.post_message(OpenRuns(runs))
+
+    def action_stop(self) -> None:
+        row = self.current()
+        if row is None:
+            return
+        if not row.live:
+            self.notify(f"{row.run_id} is not running ({row.state})", severity="warning")
+            return
+        request_stop(row.run_dir)
+        self.notify(f"asked {row.run_id} to stop: it finishes the step, writes a checkpoint and exits")
+        self.scan()
+
+    def action_resume(self) -> None:
+        row = self.current()
+        if row is None:
+            return
+        if row.live:
+            self.notify(f"{row.run_id} is {row.state}; nothing to resume", severity="warning")
+            return
+        if row.state == "finished":
+            self.notify(f"{row.run_id} finished; launch its preset again for a new run", severity="warning")
+            return
+        self._resume(row.run_dir)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs-resume", name="resume")
+    def _resume(self, run_dir: Path) -> None:
+        launcher.resume(run_dir)
+        self.post_message(OpenRuns([run_dir]))
+
+    def action_delete(self) -> None:
+        row = self.current()
+        if row is None:
+            return
+        if row.live:
+            self.notify(f"{row.run_id} is {row.state}: stop it before deleting", title="not deleted", severity="error")
+            return
+        self.app.push_screen(
+            ConfirmModal("Delete run?", f"Delete {row.run_dir} with its checkpoints and logs? This cannot be undone.",
+                         yes="Delete", danger=True),
+            lambda yes: self._delete(row.run_dir) if yes else None)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs-delete", name="delete")
+    def _delete(self, run_dir: Path) -> None:
+        if effective_state(read_status(run_dir)) in LIVE_STATES:  # it may have been resumed since the question
+            raise RuntimeError(f"{run_dir.name} is running again; stop it before deleting")
+        shutil.rmtree(run_dir)
+        self.post_message(RunsScanned(scan_runs(self.app.runs_dir)))  # type: ignore[attr-defined]
+
+    def action_new(self) -> None:
+        self.app.action_show_tab("presets")  # type: ignore[attr-defined]
