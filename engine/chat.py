@@ -48,15 +48,18 @@ class ChatSession:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def reply(self, user_text: str, sampling: Sampling | None = None, use_cache: bool = True) -> Iterator[str]:
-        """Stream the answer piece by piece; the turn joins the history once it is complete."""
+        """Stream the answer piece by piece. The turn joins the history when the stream ends, also when
+        the caller stops it early (closing the generator): the partial answer is what the user saw."""
         sampling = sampling or Sampling()
         tokens = generate(self.model, self.prompt_ids(user_text), sampling, self.stop_ids, use_cache=use_cache)
         pieces: list[str] = []
-        for piece in stream_text(self.tokenizer, tokens):
-            pieces.append(piece)
-            yield piece
-        if self.mode == "chat":
-            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(pieces)}]
+        try:
+            for piece in stream_text(self.tokenizer, tokens):
+                pieces.append(piece)
+                yield piece
+        finally:
+            if self.mode == "chat":
+                self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(pieces)}]
 
     def answer(self, user_text: str, sampling: Sampling | None = None) -> str:
         return "".join(self.reply(user_text, sampling))

@@ -199,13 +199,25 @@ def plain_log_listener(stream: IO[str]) -> Listener:
     return on_event
 
 
-def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Complete events from byte `offset` on, and the offset to continue from (a torn last line waits)."""
+def read_events(path: Path, offset: int = 0, max_bytes: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Complete events from byte `offset` on, and the offset to continue from (a torn last line waits).
+
+    max_bytes bounds one read (a watcher opened on a week-long run must not load the whole file at
+    once); a single line longer than that is still read to its end.
+    """
     events: list[dict[str, Any]] = []
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
-            data = handle.read()
+            if max_bytes is None:
+                data = handle.read()
+            else:
+                data = handle.read(max_bytes)
+                while data and b"\n" not in data and len(data) % max_bytes == 0:
+                    more = handle.read(max_bytes)
+                    if not more:
+                        break
+                    data += more
     except FileNotFoundError:
         return events, offset
     end = data.rfind(b"\n") + 1

@@ -9,7 +9,6 @@ studio, a reopened one) fold the same events, so they show the same state: that 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.events import format_event
+from engine.events import format_event, read_events
 from engine.runs import effective_state, read_status
 from studio.logs_view import tail_lines
 from studio.series import Ema, Series
@@ -27,34 +26,6 @@ EVENT_LINES = 60
 LOG_LINES = 60
 METRICS = ("loss", "loss_ema", "eval_loss", "lr", "tokens_per_s", "mfu")
 Points = tuple[tuple[float, ...], tuple[float, ...]]
-
-
-def read_events_bounded(path: Path, offset: int, max_bytes: int = CHUNK_BYTES) -> tuple[list[dict[str, Any]], int]:
-    """Complete events from `offset`, reading at most about max_bytes; a torn last line waits for its end.
-
-    engine.events.read_events reads everything after the offset in one go; a studio opened on a
-    week-long run would hold the whole file in memory at once, hence this bounded variant.
-    """
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read(max_bytes)
-            while data and b"\n" not in data[-max_bytes:] and len(data) % max_bytes == 0:
-                more = handle.read(max_bytes)  # one line longer than a chunk: keep reading to its end
-                if not more:
-                    break
-                data += more
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1
-    events = []
-    for raw in data[:end].splitlines():
-        if raw.strip():
-            try:
-                events.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue  # a line mangled by a crash mid-write; later lines are still good
-    return events, offset + end
 
 
 def _size(path: Path) -> int:
@@ -160,7 +131,7 @@ class RunWatch:
     def poll(self) -> bool:
         """Read what was appended since the last poll; True when anything shown has changed."""
         path = self.run_dir / "events.jsonl"
-        events, new_offset = read_events_bounded(path, self.offset, self.chunk_bytes)
+        events, new_offset = read_events(path, self.offset, self.chunk_bytes)
         # More complete lines may be waiting when this slice was not empty and the file goes on (a torn
         # last line alone reads as an empty slice, so a half-written line never causes a busy loop).
         self.more_pending = new_offset > self.offset and _size(path) > new_offset

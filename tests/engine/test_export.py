@@ -96,3 +96,14 @@ def test_cli_export_and_missing_checkpoint_error(trained_run: Path, tmp_path: Pa
     bad = subprocess.run([sys.executable, "-m", "studio.cli", "export", str(tmp_path / "nope"), str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no checkpoint found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_stopped_reply_keeps_the_partial_turn(trained_run: Path) -> None:
+    """Guards against a reply stopped by the user vanishing from the conversation the model sees next."""
+    from engine.generate import Sampling
+
+    session = ChatSession.open(trained_run)
+    stream = session.reply("1 plus 2?", Sampling(temperature=1.0, max_new_tokens=50, seed=0))
+    first = next(stream)
+    stream.close()
+    assert session.history == [{"role": "user", "content": "1 plus 2?"}, {"role": "assistant", "content": first}]

@@ -82,11 +82,17 @@ class EndlessSession:
         self.system_prompt = None
 
     def reply(self, text, sampling):
+        """Like ChatSession.reply: endless, and a stopped turn is kept in the history."""
         import time
 
-        while True:
-            time.sleep(0.01)
-            yield "la "
+        pieces = []
+        try:
+            while True:
+                time.sleep(0.01)
+                pieces.append("la ")
+                yield "la "
+        finally:
+            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
 
     def clear(self) -> None:
         self.history.clear()

@@ -35,13 +35,13 @@ async def test_monitor_follows_a_growing_events_file_with_a_torn_last_line(runs_
                        events=[STAGE_START] + [step_event("pretrain", s, 100, 5.0 - s / 10) for s in (1, 2, 3)],
                        log="line one\nline two\n")
     offsets: list[int] = []
-    real_read = run_watch.read_events_bounded
+    real_read = run_watch.read_events
 
     def spy(path: Path, offset: int, max_bytes: int = run_watch.CHUNK_BYTES):
         offsets.append(offset)
         return real_read(path, offset, max_bytes)
 
-    monkeypatch.setattr(run_watch, "read_events_bounded", spy)
+    monkeypatch.setattr(run_watch, "read_events", spy)
     posted: list[Message] = []
     app = StudioApp(runs_dir, offer_tiny=False, poll_s=0.05)
     async with app.run_test(size=(100, 32), message_hook=posted.append) as pilot:

@@ -206,9 +206,7 @@ class ChatPane(Pane):
                     pieces.append(piece)
                     self.post_message(ChatPiece(column, piece))
             finally:
-                stream.close()
-            if stopped and session.mode == "chat":  # keep the partial answer in the conversation
-                session.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
+                stream.close()  # the session keeps the partial answer in its history
             self.post_message(ChatDone(column, stopped, len(pieces), time.monotonic() - started))
         except BaseException:
             self.post_message(ChatDone(column, True, 0, 0.0))
