@@ -200,11 +200,11 @@ class ChatPane(Pane):
             stream = session.reply(text, Sampling(**sampling))
             try:
                 for piece in stream:
-                    if self.stop_flag.is_set():
-                        stopped = True
-                        break
                     pieces.append(piece)
                     self.post_message(ChatPiece(column, piece))
+                    if self.stop_flag.is_set():  # checked after showing: history == what the user saw
+                        stopped = True
+                        break
             finally:
                 stream.close()  # the session keeps the partial answer in its history
             self.post_message(ChatDone(column, stopped, len(pieces), time.monotonic() - started))
