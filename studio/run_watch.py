@@ -180,7 +180,9 @@ class RunWatch:
             stage.eta_s = 0.0 if stage.state == "finished" else stage.eta_s
         elif kind == "eval" and stage is not None:
             stage.series["eval_loss"].add(event.get("step", 0), event.get("eval_loss"))
-            self.last_eval = dict(event)
+            # Merge: a held-out accuracy event must not hide the eval loss reported just before it.
+            same_stage = self.last_eval.get("stage") == event.get("stage")
+            self.last_eval = {**(self.last_eval if same_stage else {}), **{k: v for k, v in event.items() if v is not None}}
         line = self._line(event)
         if line:
             self.lines.append(line)

@@ -203,6 +203,8 @@ class MonitorPane(Pane):
             ("tok/s", _num(s.get("tokens_per_s"), ",.0f")), ("mfu", _num(s.get("mfu"), ".1%")),
             ("tokens", _num(s.get("tokens_seen"), ",")), ("epoch", _num(s.get("epoch"), ".2f")),
         ]
+        if e.get("heldout_accuracy") is not None:
+            rows.append(("held-out", f"{e['heldout_accuracy']:.1%} ({e.get('heldout_correct')}/{e.get('heldout_total')})"))
         if s.get("gpu_util_pct") is not None:
             rows.append(("gpu", f"{s['gpu_util_pct']:.0f}%"))
         text = Text()
