@@ -264,7 +264,7 @@ def find_run(spec: str, out_dir: str | Path = "runs") -> Path:
     raise FileNotFoundError(f"{spec!r} matches {len(matches)} runs under {where}: {', '.join(m.name for m in matches[:5])}; give more of the id")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSummary:
     """One row of `minimind-studio runs` and of the studio's runs table."""
 
@@ -283,6 +283,11 @@ class RunSummary:
     @property
     def run_id(self) -> str:
         return self.run_dir.name
+
+    @property
+    def live(self) -> bool:
+        """A process may still be writing this run (a crashed one is not live)."""
+        return self.state in LIVE_STATES
 
 
 def summarize(run_dir: Path) -> RunSummary:

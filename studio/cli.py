@@ -245,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        from studio.app import StudioApp  # imported here: the other commands never pay for textual
+        from studio.app import (
+            StudioApp,  # imported here: the other commands never pay for textual
+        )
 
         StudioApp().run()
         return 0

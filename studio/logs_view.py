@@ -20,10 +20,9 @@ from rich.text import Text
 
 from engine.events import format_event, read_events
 from engine.runs import effective_state, read_status
+from studio.runs_table import STATE_STYLE
 
 SPARK = "▁▂▃▄▅▆▇█"
-STATE_STYLE = {"running": "green", "finished": "bold green", "stopped": "yellow", "stopping": "yellow",
-               "failed": "red", "crashed": "bold red", "queued": "cyan"}
 
 
 def sparkline(values: list[float], width: int = 60) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from textual.message import Message
 
-from studio.run_rows import RunRow
+from engine.runs import RunSummary
 from studio.run_watch import RunSnapshot
 
 
@@ -31,7 +31,7 @@ class RunUpdated(Message):
 class RunsScanned(Message):
     """A fresh listing of the runs directory (or why it could not be read)."""
 
-    rows: list[RunRow]
+    rows: list[RunSummary]
     error: str | None = None
 
     def can_replace(self, message: Message) -> bool:

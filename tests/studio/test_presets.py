@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input
 
-from engine.config import PROJECT_ROOT, Preset, PresetError, load_preset, preset_from_dict
+from engine.config import (
+    PROJECT_ROOT,
+    Preset,
+    PresetError,
+    load_preset,
+    preset_from_dict,
+)
 from studio import launcher
 from studio.app import StudioApp
 from studio.screens.confirm_modal import ConfirmModal

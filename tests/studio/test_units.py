@@ -5,7 +5,14 @@ from __future__ import annotations
 import shlex
 
 from engine.config import PROJECT_ROOT, load_preset, parse_override
-from studio.preset_form import cli_command, cli_value, edited_fields, parse_text, schema_fields, set_value
+from studio.preset_form import (
+    cli_command,
+    cli_value,
+    edited_fields,
+    parse_text,
+    schema_fields,
+    set_value,
+)
 from studio.series import Ema, Series
 
 

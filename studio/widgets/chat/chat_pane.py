@@ -192,7 +192,9 @@ class ChatPane(Pane):
 
     def _reply(self, column: int, path: Path, text: str, sampling: dict[str, Any], system: str | None) -> None:
         try:
-            from engine.generate import Sampling  # torch: only ever imported here, in the worker
+            from engine.generate import (
+                Sampling,  # torch: only ever imported here, in the worker
+            )
 
             session = self._session(column, path)
             session.system_prompt = system

@@ -19,7 +19,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from studio.data_scan import DataReport, LengthStats, dataset_files, length_stats, render_record, run_tokenizers, scan_file
+from studio.data_scan import (
+    DataReport,
+    LengthStats,
+    dataset_files,
+    length_stats,
+    render_record,
+    run_tokenizers,
+    scan_file,
+)
 from studio.messages import DataScanned, SampleWritten, TokenStats
 from studio.widgets.data.histogram import LengthHistogram
 from studio.widgets.pane import Pane

@@ -16,7 +16,14 @@ from textual.message import Message
 from textual.widgets import Input, Select, Switch
 
 from engine.config import Preset
-from studio.preset_form import FieldSpec, get_value, parse_text, schema_fields, sections, set_value
+from studio.preset_form import (
+    FieldSpec,
+    get_value,
+    parse_text,
+    schema_fields,
+    sections,
+    set_value,
+)
 from studio.widgets.presets.field_row import FieldRow, field_id
 from studio.widgets.presets.field_section import FieldSection
 

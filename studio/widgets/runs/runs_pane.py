@@ -16,11 +16,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from engine.runs import LIVE_STATES, effective_state, read_status, request_stop
+from engine.runs import (
+    LIVE_STATES,
+    RunSummary,
+    effective_state,
+    read_status,
+    request_stop,
+)
 from studio import launcher
 from studio.messages import OpenRuns, RunsScanned
 from studio.paths import display_path
-from studio.run_rows import COLUMNS, STATE_STYLE, RunRow, scan_runs
+from studio.run_rows import scan_runs
+from studio.runs_table import COLUMNS, STATE_STYLE, row_cells
 from studio.screens.confirm_modal import ConfirmModal
 from studio.widgets.pane import Pane
 
@@ -41,7 +48,7 @@ class RunsPane(Pane):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.rows: dict[str, RunRow] = {}
+        self.rows: dict[str, RunSummary] = {}
         self.marked: set[Path] = set()
 
     def compose(self) -> ComposeResult:
@@ -73,7 +80,7 @@ class RunsPane(Pane):
             return
         self.show_rows(message.rows)
 
-    def show_rows(self, rows: list[RunRow]) -> None:
+    def show_rows(self, rows: list[RunSummary]) -> None:
         """Update the table in place (cursor and scroll stay put), newest run first."""
         table = self.query_one(DataTable)
         now = self.app.clock()  # type: ignore[attr-defined]
@@ -99,8 +106,8 @@ class RunsPane(Pane):
         self._hint()
         self._detail()
 
-    def _cells(self, row: RunRow, now: float) -> list[Any]:
-        cells: list[Any] = list(row.cells(now))
+    def _cells(self, row: RunSummary, now: float) -> list[Any]:
+        cells: list[Any] = list(row_cells(row, now))
         cells[0] = (MARK if row.run_dir in self.marked else "") + cells[0]
         cells[6] = Text(row.state, style=STATE_STYLE.get(row.state, ""))
         return cells
@@ -116,7 +123,7 @@ class RunsPane(Pane):
 
     # ---- the run under the cursor
 
-    def current(self) -> RunRow | None:
+    def current(self) -> RunSummary | None:
         table = self.query_one(DataTable)
         if not self.rows or table.cursor_row < 0 or table.row_count == 0:
             return None
