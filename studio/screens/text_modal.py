@@ -1,4 +1,4 @@
-"""A scrollable read-only text (the preset diff), with copy."""
+"""A scrollable read-only text with copy: the preset diff, and (as ErrorModal) worker failures."""
 
 from __future__ import annotations
 
@@ -12,19 +12,22 @@ from textual.widgets import Button, Static
 
 class TextModal(ModalScreen[None]):
     BINDINGS = [Binding("escape,q", "dismiss", "Close"), Binding("c", "copy", "Copy")]
+    DIALOG_CLASS = "wide"
+    CLOSE_VARIANT = "primary"
+    COPIED = "copied"
 
     def __init__(self, title: str, body: RenderableType, plain: str) -> None:
         super().__init__()
         self.title_text, self.body, self.plain = title, body, plain
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog", classes="wide"):
+        with Vertical(id="dialog", classes=self.DIALOG_CLASS):
             yield Static(self.title_text, id="dialog-title")
             with VerticalScroll(id="dialog-body"):
-                yield Static(self.body, id="text-body")
+                yield Static(self.body, id="text-body", markup=False)
             with Horizontal(id="dialog-buttons"):
                 yield Button("Copy", id="copy")
-                yield Button("Close", id="close", variant="primary")
+                yield Button("Close", id="close", variant=self.CLOSE_VARIANT)
 
     def on_mount(self) -> None:
         self.query_one("#close", Button).focus()
@@ -37,4 +40,4 @@ class TextModal(ModalScreen[None]):
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.plain)
-        self.notify("copied")
+        self.notify(self.COPIED)
