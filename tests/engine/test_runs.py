@@ -54,7 +54,7 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 def long_preset(make_preset, tmp_path: Path) -> Path:
     """A pretrain-only preset that runs for several seconds and checkpoints often (hidden 128: saves take a while)."""
     preset = make_preset(stages=["tokenizer", "pretrain"], model={"hidden_size": 128, "num_attention_heads": 4},
-                         pretrain={"max_steps": 150, "save_interval": 5, "keep_checkpoints": 2, "batch_size": 8})
+                         pretrain={"max_steps": 80, "save_interval": 5, "keep_checkpoints": 2, "batch_size": 8})
     path = tmp_path / "long.toml"
     save_preset(preset, path)
     return path
@@ -141,11 +141,11 @@ def test_stop_checkpoints_and_resume_finishes(long_preset: Path, make_preset) ->
     assert done.returncode == 0 and "asked" in done.stdout
     wait_for(lambda: read_status(run_dir).get("state") == "stopped", what="the run to stop")
     stopped_at = read_checkpoint(run_dir / "checkpoints" / "pretrain" / "latest").step
-    assert 3 <= stopped_at < 150
+    assert 3 <= stopped_at < 80
     done = cli("resume", run_dir.name, "--out-dir", str(out_dir), timeout=300)
     assert done.returncode == 0, done.stderr
     status = read_status(run_dir)
-    assert status["state"] == "finished" and status["step"] == 150
+    assert status["state"] == "finished" and status["step"] == 80
     starts = [e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "stage_start" and e["stage"] == "pretrain"]
     assert [s["start_step"] for s in starts] == [0, stopped_at]
 
@@ -162,9 +162,9 @@ def test_kill_9_anywhere_leaves_a_resumable_run_with_the_same_losses(long_preset
 
     run_dir = launch(long_preset, out_dir)
     stage_dir = run_dir / "checkpoints" / "pretrain"
-    for kill_after_step in (8, 30, 60):
+    for kill_after_step in (6, 25, 50):
         wait_for(lambda: read_status(run_dir).get("step", 0) >= kill_after_step, what=f"step {kill_after_step}")
-        if kill_after_step == 60:  # aim for the middle of a checkpoint write
+        if kill_after_step == 50:  # aim for the middle of a checkpoint write
             wait_for(lambda: any(p.name.startswith(".step_") for p in stage_dir.iterdir()), timeout=30, what="a save")
         os.kill(read_status(run_dir)["pid"], signal.SIGKILL)
         wait_for(lambda: effective_state(read_status(run_dir)) == "crashed", timeout=10, what="crashed state")
