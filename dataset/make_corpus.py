@@ -30,7 +30,7 @@ N_PEOPLE = 30
 HELDOUT_SHARE = 0.3
 
 # How often each fact is stated in pretrain.jsonl, per language. Tuned so a ~3M-parameter model
-# memorises all of it in ~2 epochs of CPU training (see README.md for the measured accuracy).
+# memorises all of it in the tiny preset's ~10 passes of CPU training (dataset/README.md).
 STATEMENTS_PER_LANG = 20  # single-sentence statements, mixed into multi-person paragraphs
 BIOS_PER_LANG = 8  # short biographies; each states all four facts of one person, shuffled
 FAQ_ROUNDS = 8  # "Q: ... A: ..." lines: every SFT question template, this many times per fact
@@ -107,8 +107,8 @@ SUM_QUESTIONS = {
     "en": ["What is {a} + {b}?", "What is {a} plus {b}?", "How much is {a} plus {b}?"],
     "zh": ["{a}加{b}等于多少？", "{a}加{b}是几？", "{a}加上{b}是多少？"],
 }
-# Two FAQ layouts: inline "Q: ... A: ...", and quiz cards with the answer alone on the next line.
-# The quiz card puts the answer right after a newline, as the chat template does, so the answer is
+# Two FAQ layouts: inline "Q: ... A: ...", and transcript lines with the answer alone on the next line.
+# The transcript puts the answer right after a newline, as the chat template does, so the answer is
 # the same token sequence in pretraining and in SFT (" teacher" and "teacher" are different tokens).
 FAQ_FORMATS = {"en": ("Q: {q} A: {a}", "user\n{q}\nassistant\n{a}"), "zh": ("问：{q} 答：{a}", "user\n{q}\nassistant\n{a}")}
 
@@ -171,7 +171,7 @@ Sum = tuple[int, int]  # (a, b), 0..9 each
 
 
 def fill(lang: str, template: str, **values: object) -> str:
-    """Format a template; Chinese text gets a space between Han characters and Latin letters/digits.
+    """Format a template; Chinese text gets a space between Han characters and Latin letters (not digits).
 
     That spacing is common Chinese typography, and it matters here: a byte-level BPE pre-tokenizer
     treats a run of letters (Han and Latin alike) as one word, so on a small repetitive corpus
