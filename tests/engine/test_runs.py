@@ -52,9 +52,10 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 
 @pytest.fixture
 def long_preset(make_preset, tmp_path: Path) -> Path:
-    """A pretrain-only preset that runs for several seconds and checkpoints often (hidden 128: saves take a while)."""
+    """A pretrain-only preset that runs for several seconds even on an idle machine (so a stop or kill
+    lands mid-run) and checkpoints often (hidden 128: a save takes long enough to be hit)."""
     preset = make_preset(stages=["tokenizer", "pretrain"], model={"hidden_size": 128, "num_attention_heads": 4},
-                         pretrain={"max_steps": 80, "save_interval": 5, "keep_checkpoints": 2, "batch_size": 8})
+                         pretrain={"max_steps": 400, "save_interval": 5, "keep_checkpoints": 2, "batch_size": 8})
     path = tmp_path / "long.toml"
     save_preset(preset, path)
     return path
@@ -141,11 +142,11 @@ def test_stop_checkpoints_and_resume_finishes(long_preset: Path, make_preset) ->
     assert done.returncode == 0 and "asked" in done.stdout
     wait_for(lambda: read_status(run_dir).get("state") == "stopped", what="the run to stop")
     stopped_at = read_checkpoint(run_dir / "checkpoints" / "pretrain" / "latest").step
-    assert 3 <= stopped_at < 80
+    assert 3 <= stopped_at < 400
     done = cli("resume", run_dir.name, "--out-dir", str(out_dir), timeout=300)
     assert done.returncode == 0, done.stderr
     status = read_status(run_dir)
-    assert status["state"] == "finished" and status["step"] == 80
+    assert status["state"] == "finished" and status["step"] == 400
     starts = [e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "stage_start" and e["stage"] == "pretrain"]
     assert [s["start_step"] for s in starts] == [0, stopped_at]
 
@@ -162,11 +163,18 @@ def test_kill_9_anywhere_leaves_a_resumable_run_with_the_same_losses(long_preset
 
     run_dir = launch(long_preset, out_dir)
     stage_dir = run_dir / "checkpoints" / "pretrain"
-    for kill_after_step in (6, 25, 50):
-        wait_for(lambda: read_status(run_dir).get("step", 0) >= kill_after_step, what=f"step {kill_after_step}")
-        if kill_after_step == 50:  # aim for the middle of a checkpoint write
-            wait_for(lambda: any(p.name.startswith(".step_") for p in stage_dir.iterdir()), timeout=30, what="a save")
-        os.kill(read_status(run_dir)["pid"], signal.SIGKILL)
+    killed_pid = None
+    for kill_after_step in (6, 60, 150):
+        def live_past_step(step: int = kill_after_step, old: int | None = killed_pid) -> bool:
+            status = read_status(run_dir)  # the resumed process has claimed the run and trains
+            return status.get("pid") != old and effective_state(status) == "running" and status.get("step", 0) >= step
+        wait_for(live_past_step, what=f"a live run past step {kill_after_step}")
+        if kill_after_step == 150:  # aim for the middle of a checkpoint write (best effort: saves are short)
+            deadline = time.time() + 1.0
+            while time.time() < deadline and not any(p.name.startswith(".step_") for p in stage_dir.iterdir()):
+                time.sleep(0.001)
+        killed_pid = read_status(run_dir)["pid"]
+        os.kill(killed_pid, signal.SIGKILL)
         wait_for(lambda: effective_state(read_status(run_dir)) == "crashed", timeout=10, what="crashed state")
         latest = read_checkpoint(stage_dir / "latest")
         assert load_file(str(latest.path / "model.safetensors")) and load_file(str(latest.path / "trainer.safetensors"))
