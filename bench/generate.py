@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.train import ROOT, RESULTS, SHAPES
+from bench.train import ROOT, SHAPES, publish
 
 
 def timed(fn) -> tuple[float, int]:
@@ -76,9 +76,7 @@ def main() -> int:
              "| variant | tokens/s | vs HF |", "|---|---:|---:|"]
     lines += [f"| {name} | {rate:,.1f} | {rate / rows[2][1]:.2f}x |" for name, rate in rows]
     report = "\n".join(lines) + "\n"
-    print(report)
-    with open(RESULTS, "a", encoding="utf-8") as handle:
-        handle.write(report)
+    publish(report)
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.train import ROOT, RESULTS, SHAPES
+from bench.train import ROOT, SHAPES, publish
 
 
 def main() -> int:
@@ -70,9 +70,7 @@ def main() -> int:
               f"(mean of {args.events})\n"
               f"- one {args.shape} checkpoint ({size_mb:.0f} MiB: weights + AdamW moments + RNG + state + tokenizer, "
               f"atomic with fsync): median {statistics.median(times):.2f} s of 3\n")
-    print(report)
-    with open(RESULTS, "a", encoding="utf-8") as handle:
-        handle.write(report)
+    publish(report)
     return 0
 
 

@@ -30,6 +30,13 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 SHAPES = {"tiny": ("presets/tiny.toml", 16, 256), "minimind-26m": ("presets/minimind-26m.toml", 8, 340)}
 
 
+def publish(report: str) -> None:
+    """Print a result section and append it to bench/RESULTS.md (results accumulate, dated)."""
+    print(report)
+    with open(RESULTS, "a", encoding="utf-8") as handle:
+        handle.write(report)
+
+
 def build(impl: str, config):
     import torch
 
@@ -151,9 +158,7 @@ def main() -> int:
               f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak "
               f"{peaks['float32']:.3f} TFLOP/s fp32, {peaks['bfloat16']:.3f} bf16 (measured in this run)"
               f"{' (quick run: noisy)' if args.quick else ''}.\n\n{table(results, peaks)}\n")
-    print(report)
-    with open(RESULTS, "a", encoding="utf-8") as handle:
-        handle.write(report)
+    publish(report)
     return 0
 
 
