@@ -343,8 +343,8 @@ def preset_from_dict(data: dict[str, Any], source: str = "preset") -> Preset:
 def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
     """Read a preset file, apply --set overrides and validate. Raises PresetError with a readable message."""
     path = Path(path)
-    if not path.exists() and not path.suffix:
-        candidate = PROJECT_ROOT / "presets" / f"{path}.toml"
+    if not path.exists():  # a shipped preset by name ("tiny") or by its path in the project ("presets/tiny.toml")
+        candidate = PROJECT_ROOT / "presets" / f"{path}.toml" if not path.suffix else resolve_path(path)
         path = candidate if candidate.exists() else path
     try:
         text = path.read_text(encoding="utf-8")

@@ -98,6 +98,8 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_preset(tmp_path / "nope.toml")
 
 
-def test_builtin_name_resolves_to_presets_folder() -> None:
-    """Guards against `run tiny` failing outside the repository folder."""
+def test_builtin_name_resolves_to_presets_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards against `run tiny` or `run presets/tiny.toml` failing outside the repository folder."""
+    monkeypatch.chdir(tmp_path)
     assert load_preset("tiny").name == "tiny"
+    assert load_preset("presets/tiny.toml").name == "tiny"
