@@ -13,7 +13,6 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -69,14 +68,11 @@ def main() -> int:
                                                 eos_token_id=None, pad_token_id=0).shape[1])
 
     rows = [("engine, KV cache", n / cached_s), ("engine, no cache", n / plain_s), ("HF generate() on the export", n / hf_s)]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"\n## Generation, {stamp}\n",
-             f"{args.shape} shape, {args.prompt_tokens}-token prompt, {n} new tokens, greedy, batch 1, CPU float32, "
+    lines = [f"{args.shape} shape, {args.prompt_tokens}-token prompt, {n} new tokens, greedy, batch 1, CPU float32, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads.\n",
              "| variant | tokens/s | vs HF |", "|---|---:|---:|"]
     lines += [f"| {name} | {rate:,.1f} | {rate / rows[2][1]:.2f}x |" for name, rate in rows]
-    report = "\n".join(lines) + "\n"
-    publish(report)
+    publish("Generation", "\n".join(lines))
     return 0
 
 

@@ -13,7 +13,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -64,13 +63,11 @@ def main() -> int:
             times.append(time.perf_counter() - t0)
         size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report = (f"\n## Run bookkeeping, {stamp}\n\n"
-              f"- one step event (json line + flush + throttled status.json): {per_event_us:.0f} µs "
-              f"(mean of {args.events})\n"
-              f"- one {args.shape} checkpoint ({size_mb:.0f} MiB: weights + AdamW moments + RNG + state + tokenizer, "
-              f"atomic with fsync): median {statistics.median(times):.2f} s of 3\n")
-    publish(report)
+    publish("Run bookkeeping",
+            f"- one step event (json line + flush + throttled status.json): {per_event_us:.0f} µs "
+            f"(mean of {args.events})\n"
+            f"- one {args.shape} checkpoint ({size_mb:.0f} MiB: weights + AdamW moments + RNG + state + tokenizer, "
+            f"atomic with fsync): median {statistics.median(times):.2f} s of 3")
     return 0
 
 

@@ -30,8 +30,10 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 SHAPES = {"tiny": ("presets/tiny.toml", 16, 256), "minimind-26m": ("presets/minimind-26m.toml", 8, 340)}
 
 
-def publish(report: str) -> None:
-    """Print a result section and append it to bench/RESULTS.md (results accumulate, dated)."""
+def publish(title: str, body: str) -> None:
+    """Print a dated result section and append it to bench/RESULTS.md (results accumulate)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report = f"\n## {title}, {stamp}\n\n{body}\n"
     print(report)
     with open(RESULTS, "a", encoding="utf-8") as handle:
         handle.write(report)
@@ -153,12 +155,11 @@ def main() -> int:
                 results.append(run_worker(impl, shape, dtype, args.quick))
                 print(f"{shape:>13} {dtype:>8} {impl:>6}: {results[-1]['tokens_per_s']:8,.0f} tok/s, "
                       f"peak RSS {results[-1]['peak_rss_mb']:,.0f} MiB", flush=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report = (f"\n## Training throughput, {stamp}\n\n{platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak "
-              f"{peaks['float32']:.3f} TFLOP/s fp32, {peaks['bfloat16']:.3f} bf16 (measured in this run)"
-              f"{' (quick run: noisy)' if args.quick else ''}.\n\n{table(results, peaks)}\n")
-    publish(report)
+    publish("Training throughput",
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; matmul peak {peaks['float32']:.3f} TFLOP/s fp32, "
+            f"{peaks['bfloat16']:.3f} bf16 (measured in this run){' (quick run: noisy)' if args.quick else ''}."
+            f"\n\n{table(results, peaks)}")
     return 0
 
 

@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import fsync_dir, point_symlink
 from engine.config import ModelConfig, output_path, resolve_path
+from engine.tokenizer import TOKENIZER_FILES
 
 FORMAT_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 class CheckpointError(RuntimeError):

@@ -10,14 +10,13 @@ named as `from_weight`; it is read as a checkpoint at step 0.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import write_json_atomic
-from engine.checkpoint import TOKENIZER_FILES, Checkpoint, CheckpointError
+from engine.checkpoint import Checkpoint, CheckpointError, copy_tokenizer
 from engine.config import ModelConfig
 
 EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,11 +26,10 @@ class ExportError(CheckpointError):
     """A checkpoint that cannot be written in, or read from, Hugging Face format."""
 
 
-def llama_config_dict(config: ModelConfig, tokenizer_dir: Path, dtype: str) -> dict:
+def llama_config_dict(config: ModelConfig, special: dict[str, int], dtype: str) -> dict:
     """config.json for LlamaForCausalLM, built by the installed transformers so its version's keys are right."""
     from transformers import LlamaConfig
 
-    special = _special_token_ids(tokenizer_dir)
     hf = LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
@@ -68,14 +66,12 @@ def export_hf(ckpt: Checkpoint, out_dir: Path, dtype: str = "float32") -> Path:
     tensors = load_file(str(ckpt.path / "model.safetensors"))
     tensors = {name: t.to(EXPORT_DTYPES[dtype]).contiguous() for name, t in tensors.items()}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    write_json_atomic(out_dir / "config.json", llama_config_dict(config, ckpt.tokenizer_dir, dtype))
     special = _special_token_ids(ckpt.tokenizer_dir)
+    write_json_atomic(out_dir / "config.json", llama_config_dict(config, special, dtype))
     write_json_atomic(out_dir / "generation_config.json", {
         **special, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "max_new_tokens": 256,
     })
-    for name in TOKENIZER_FILES:
-        if (ckpt.tokenizer_dir / name).exists():
-            shutil.copy2(ckpt.tokenizer_dir / name, out_dir / name)
+    copy_tokenizer(ckpt.tokenizer_dir, out_dir)
     write_json_atomic(out_dir / "minimind_studio.json", {"stage": ckpt.stage, "step": ckpt.step, "source": str(ckpt.path)})
     return out_dir
 
