@@ -27,14 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
 # (batch, seq) per shape: the issue's minimind-26m orientation figures used batch 8 x 340.
-SHAPES = {"tiny": ("presets/tiny.toml", 16, 256), "minimind-26m": ("presets/minimind-26m.toml", 8, 340)}
+SHAPES = {"tiny": ("presets/tiny.toml", 16, 256), "minimind-26m": ("presets/minimind-26m.toml", 8, 340),
+          "minimind-104m": ("presets/minimind-104m.toml", 8, 340)}
 
 
-def publish(title: str, body: str) -> None:
-    """Print a dated result section and append it to bench/RESULTS.md (results accumulate)."""
+def publish(title: str, body: str, print_only: bool = False) -> None:
+    """Print a dated result section and append it to bench/RESULTS.md (results accumulate), unless
+    print_only (a development run whose numbers should not be kept)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = f"\n## {title}, {stamp}\n\n{body}\n"
     print(report)
+    if print_only:
+        return
     with open(RESULTS, "a", encoding="utf-8") as handle:
         handle.write(report)
 
@@ -60,62 +64,92 @@ def build(impl: str, config):
     return LlamaForCausalLM(hf)
 
 
-def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_per_window: int) -> dict:
-    """One configuration, in this process: returns tokens/s windows and peak RSS."""
+def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_per_window: int,
+           device: str = "cpu", compile: bool = False, batch: int | None = None, seq: int | None = None,
+           checkpointing: bool = False) -> dict:
+    """One configuration, in this process: tokens/s windows and the peak memory (RSS on a CPU, the
+    allocator's peak on a GPU), with the estimator's prediction beside it for the engine."""
     import torch
 
     from engine.config import load_preset
+    from engine.estimate import Target, training_memory
     from engine.model import flops_per_token
 
-    preset_path, batch, seq = SHAPES[shape]
+    preset_path, default_batch, default_seq = SHAPES[shape]
+    batch, seq = batch or default_batch, seq or default_seq
     config = load_preset(ROOT / preset_path).model
-    model = build(impl, config)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # what the engine's trainer sets on a GPU
+    model = build(impl, config).to(dev)
     model.train()
+    if impl == "engine":
+        model.model.activation_checkpointing = checkpointing
+    elif checkpointing:
+        model.gradient_checkpointing_enable()
+    forward = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     generator = torch.Generator().manual_seed(1)
     stream = torch.randint(3, config.vocab_size, (batch * (seq + 1) * 4,), generator=generator)
-    blocks = stream[: (stream.numel() // (seq + 1)) * (seq + 1)].view(-1, seq + 1)  # packed blocks, no padding
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    blocks = stream[: (stream.numel() // (seq + 1)) * (seq + 1)].view(-1, seq + 1).to(dev)  # packed, no padding
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def step(i: int) -> None:
         rows = blocks[(i * batch) % (len(blocks) - batch + 1):][:batch]
         inputs, targets = rows[:, :-1], rows[:, 1:]
         with autocast:
             if impl == "engine":
-                loss = model(inputs, targets=targets).loss
+                loss = forward(inputs, targets=targets).loss
             else:  # HF shifts the labels itself (seq - 1 targets instead of seq: the same work within 0.3%)
-                loss = model(input_ids=inputs, labels=inputs).loss
+                loss = forward(input_ids=inputs, labels=inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    compile_start = time.perf_counter()
     for i in range(warmup):
         step(i)
+    sync()
+    warmup_s = time.perf_counter() - compile_start
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     rates = []
     for w in range(windows):
         start = time.perf_counter()
         for i in range(steps_per_window):
             step(warmup + w * steps_per_window + i)
+        sync()
         rates.append(batch * seq * steps_per_window / (time.perf_counter() - start))
-    tokens_per_s = statistics.median(rates)
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    target = Target("cuda" if dev.type == "cuda" else "cpu", dtype)
+    predicted = training_memory(config, batch, seq, target, checkpointing)
     return {
-        "impl": impl, "shape": shape, "dtype": dtype, "batch": batch, "seq": seq, "tokens_per_s": tokens_per_s,
-        "windows": rates, "flops_per_token": flops_per_token(config, seq),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "impl": impl, "shape": shape, "dtype": dtype, "batch": batch, "seq": seq, "device": device,
+        "compile": compile, "checkpointing": checkpointing, "tokens_per_s": statistics.median(rates),
+        "windows": rates, "warmup_s": warmup_s, "flops_per_token": flops_per_token(config, seq), "peak_mb": peak_mb,
+        # the allocator-level prediction (the CUDA context and the CPU process are not in these peaks)
+        "predicted_mb": (predicted.peak - predicted.framework) / 2**20,
         "params": sum(p.numel() for p in model.parameters()),
     }
 
 
-def run_worker(impl: str, shape: str, dtype: str, quick: bool) -> dict:
-    args = ["--worker", impl, shape, dtype] + (["--quick"] if quick else [])
+def run_worker(impl: str, shape: str, dtype: str, quick: bool, **options) -> dict:
+    args = ["--worker", impl, shape, dtype, "--options", json.dumps(options)] + (["--quick"] if quick else [])
     done = subprocess.run([sys.executable, "-m", "bench.train", *args], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
-        raise RuntimeError(f"{impl}/{shape}/{dtype} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{impl}/{shape}/{dtype} {options} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def table(results: list[dict], peaks: dict[str, float]) -> str:
-    lines = ["| shape | dtype | impl | tokens/s | TFLOP/s | MFU | peak RSS MiB | engine/HF speed | engine/HF memory |",
+    lines = ["| shape | dtype | impl | tokens/s | TFLOP/s | MFU | peak memory MiB | engine/HF speed | engine/HF memory |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     by_key = {(r["shape"], r["dtype"], r["impl"]): r for r in results}
     for r in results:
@@ -124,9 +158,9 @@ def table(results: list[dict], peaks: dict[str, float]) -> str:
         ratio = mem = ""
         if r["impl"] == "engine" and hf:
             ratio = f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}x"
-            mem = f"{r['peak_rss_mb'] / hf['peak_rss_mb']:.2f}x"
+            mem = f"{r['peak_mb'] / hf['peak_mb']:.2f}x"
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} | "
-                     f"{achieved / (peaks[r['dtype']] * 1e12):.1%} | {r['peak_rss_mb']:,.0f} | {ratio} | {mem} |")
+                     f"{achieved / (peaks[r['dtype']] * 1e12):.1%} | {r['peak_mb']:,.0f} | {ratio} | {mem} |")
     return "\n".join(lines)
 
 
@@ -136,10 +170,13 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quick", action="store_true", help="fewer windows (a smoke run, numbers are noisy)")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    options = json.loads(args.options)
     warmup, windows, per_window = (1, 2, 1) if args.quick else (2, 5, 2)
     if args.worker:
-        print(json.dumps(worker(*args.worker, warmup, windows, per_window)))
+        warmup, windows, per_window = options.pop("schedule", (warmup, windows, per_window))
+        print(json.dumps(worker(*args.worker, warmup, windows, per_window, **options)))
         return 0
 
     import torch
@@ -154,7 +191,7 @@ def main() -> int:
             for impl in ("engine", "hf"):
                 results.append(run_worker(impl, shape, dtype, args.quick))
                 print(f"{shape:>13} {dtype:>8} {impl:>6}: {results[-1]['tokens_per_s']:8,.0f} tok/s, "
-                      f"peak RSS {results[-1]['peak_rss_mb']:,.0f} MiB", flush=True)
+                      f"peak memory {results[-1]['peak_mb']:,.0f} MiB", flush=True)
     publish("Training throughput",
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; matmul peak {peaks['float32']:.3f} TFLOP/s fp32, "

@@ -126,6 +126,9 @@ class RuntimeConfig(_Section):
     """Compute precision (autocast). auto: bfloat16 on GPUs and CPUs that support it, else float32/float16."""
     compile: bool = False
     """torch.compile the model (slow first step, faster after); falls back with a warning if it fails."""
+    activation_checkpointing: bool = False
+    """Keep only each layer's input and recompute the rest in backward: activation memory drops to about
+    one layer's worth, at the price of one more forward (bench/RESULTS.md has the measured trade-off)."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes; 0 reads batches in the main process (cheap with the token cache)."""
     cache_dir: str = "runs/.cache"

@@ -1,6 +1,6 @@
 """What the device can do: peak matmul FLOP/s for MFU, and NVML readings on NVIDIA GPUs.
 
-GPU peaks come from the vendors' dense (no sparsity) tensor-core figures for bf16/fp16; a CPU has no
+GPU peaks come from engine/gpus.py (the vendors' dense (no sparsity) tensor-core figures for bf16/fp16); a CPU has no
 datasheet number worth trusting, so its peak is measured once (a few large matmuls, ~0.5 s) and cached
 per CPU model, thread count and dtype. `runtime.peak_tflops` overrides both.
 """
@@ -16,18 +16,11 @@ from typing import Any
 import torch
 
 from engine.device import Precision
-
-# Dense bf16/fp16 tensor-core TFLOP/s by a substring of torch.cuda.get_device_name(); first match wins.
-GPU_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H800", 989.0), ("GH200", 989.0),
-    ("A100", 312.0), ("A800", 312.0), ("A10G", 125.0), ("A10", 125.0), ("L40S", 362.0), ("L40", 181.0),
-    ("L4", 121.0), ("RTX 6000 Ada", 364.0), ("A6000", 155.0), ("4090", 165.0), ("4080", 97.0),
-    ("3090", 71.0), ("3080", 59.5), ("V100", 125.0), ("T4", 65.0), ("B200", 2250.0),
-)
-
+from engine.gpus import find_gpu
 
 def gpu_peak_tflops(name: str) -> float | None:
-    return next((peak for key, peak in GPU_PEAK_TFLOPS if key in name), None)
+    gpu = find_gpu(name)
+    return gpu.peak_tflops if gpu else None
 
 
 def _cpu_model() -> str:

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from engine.config import ModelConfig
+from engine.kernels import IGNORE_INDEX, linear_cross_entropy, rms_norm, swiglu_down
 
-IGNORE_INDEX = -100  # target value of positions that carry no loss (prompts, padding)
+__all__ = ["IGNORE_INDEX", "CausalLM", "KVCache", "ModelOutput", "count_parameters", "flops_per_token"]
 # fp32 logits per loss chunk: 16M floats = 64 MB a copy (forward + backward hold about four),
 # whatever the vocabulary size; measured no slower than one unchunked pass.
 LOSS_CHUNK_ELEMENTS = 2**24
@@ -62,11 +64,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in float32 (bf16 squares lose too much), multiply the weight in the input dtype as HF does.
-        input_dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(input_dtype)
+        # float32 statistics, HF's rounding; saves only x and one float per row (engine/kernels.py).
+        return rms_norm(x, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -134,14 +133,14 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hd) with S = pos + T
-        # Expand k/v to the query heads ourselves: SDPA's enable_gqa path is slow on some backends.
         groups = self.num_heads // self.num_kv_heads
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, nh, S, hd)
         # No mask and T > 1 means no earlier tokens: plain causal. A single new token sees everything.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hd)
+        causal = mask is None and T > 1
+        dropout = self.dropout if self.training else 0.0
+        # SDPA reads grouped k/v itself (enable_gqa): faster than expanding them to every query head on
+        # the CPU and on CUDA (bench/RESULTS.md), and autograd keeps the nkv-head k/v, not expanded copies.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
+                                           enable_gqa=groups > 1)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, nh*hd)
         return self.o_proj(y)
 
@@ -156,7 +155,8 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # The fused tail keeps gate and up for backward, not silu(gate) nor the product.
+        return swiglu_down(self.gate_proj(x), self.up_proj(x), self.down_proj.weight)
 
 
 class MoEFeedForward(nn.Module):
@@ -227,6 +227,7 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        self.activation_checkpointing = False  # set by the trainer from runtime.activation_checkpointing
 
     def forward(self, input_ids: Tensor, cache: KVCache | None) -> tuple[Tensor, Tensor | None]:
         B, T = input_ids.shape
@@ -244,60 +245,19 @@ class DecoderModel(nn.Module):
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=input_ids.device).tril(diagonal=pos)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         aux_total = None
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x, aux = layer(x, cos, sin, mask, cache)
+            if recompute:
+                # Non-reentrant checkpointing: keeps x, recomputes the layer (dropout masks replayed
+                # from the saved RNG state) when backward reaches it.
+                x, aux = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x, aux = layer(x, cos, sin, mask, cache)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
         if cache is not None:
             cache.pos = pos + T
         return self.norm(x), aux_total
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (hidden @ weight.T) against targets, a chunk of rows at a time.
-
-    A plain loop over chunks would still keep every chunk's fp32 log-probabilities for backward,
-    i.e. the whole (N, vocab) logits after all. So each chunk's gradients are computed right away
-    in forward (a local autograd pass) and only the (N, C) and (vocab, C) gradients are kept.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
-        count = (targets != IGNORE_INDEX).sum().clamp(min=1)  # all ignored: loss 0, not NaN
-        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)  # summed over chunks in fp32
-        w = weight.detach().requires_grad_()
-        for start in range(0, hidden.size(0), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            h = hidden[rows].detach().requires_grad_()  # (n, C)
-            with torch.enable_grad():
-                logits = F.linear(h, w).float()  # (n, vocab): the only logits alive at a time
-                loss = F.cross_entropy(logits, targets[rows], ignore_index=IGNORE_INDEX, reduction="sum")
-            grad_h, grad_w = torch.autograd.grad(loss, (h, w))
-            grad_hidden[rows] = grad_h
-            grad_weight += grad_w
-            total += loss.detach()
-        ctx.save_for_backward(grad_hidden / count, (grad_weight / count).to(weight.dtype))
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[:2]
-        return grad_hidden * grad_out if need_h else None, grad_weight * grad_out if need_w else None, None, None
-
-
-def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
-    """Mean cross-entropy over the non-ignored rows of hidden (N, C) projected by weight (vocab, C)."""
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_rows)
-    total = sum(
-        F.cross_entropy(F.linear(hidden[s:s + chunk_rows], weight).float(), targets[s:s + chunk_rows],
-                        ignore_index=IGNORE_INDEX, reduction="sum")
-        for s in range(0, hidden.size(0), chunk_rows)
-    )
-    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class CausalLM(nn.Module):
@@ -330,7 +290,7 @@ class CausalLM(nn.Module):
                 hidden = hidden[:, -1:]  # (B, 1, C)
             return ModelOutput(logits=self.lm_head(hidden), aux_loss=aux_loss)
         B, T, C = hidden.shape
-        loss = chunked_cross_entropy(
+        loss = linear_cross_entropy(
             hidden.reshape(B * T, C), self.lm_head.weight, targets.reshape(B * T), self.loss_chunk_rows
         )
         if aux_loss is not None:

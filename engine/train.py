@@ -168,6 +168,11 @@ def train_stage(
         load_model_weights(model, init_from.path)
     model.to(precision.device)
     model.train()
+    model.model.activation_checkpointing = preset.runtime.activation_checkpointing
+    if precision.device.type == "cuda":
+        # fp32 matmuls (a float32 run, and anything autocast leaves in fp32) on TF32 tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     optimizer = build_optimizer(model, cfg, precision.device)
     scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
 

@@ -175,6 +175,43 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from engine.calibrate import calibrate, detect_target
+    from engine.config import load_preset
+    from engine.estimate import data_size, estimate_stage, parse_bytes
+    from engine.model import count_parameters, flops_per_token
+    from studio.estimate_view import estimate_renderable
+
+    preset = load_preset(args.preset, list(args.set or []))
+    gpu_mem = parse_bytes(args.gpu_mem) if args.gpu_mem else None
+    target = detect_target(preset, device=args.device, gpu_name=args.gpu, gpu_mem_bytes=gpu_mem, dtype=args.dtype)
+    stages = [s for s in preset.stages if s != "tokenizer" and (args.stage is None or s == args.stage)]
+    estimates, measured = [], {}
+    for stage in stages:
+        throughput, source = None, None
+        if args.calibrate:
+            if target.device == "cuda" and not _cuda_here():
+                raise ValueError("--calibrate measures on this machine, which has no CUDA GPU; drop --gpu/--gpu-mem")
+            console.print(f"calibrating {stage}: {args.calibrate_steps} real training steps ...")
+            result = calibrate(preset, stage, target, steps=args.calibrate_steps)
+            throughput, source = result.tokens_per_s, f"measured over {result.steps} steps"
+            measured[stage] = result.tensor_peak_bytes
+        estimates.append(estimate_stage(preset, stage, target, data_bytes=data_size(preset, stage),
+                                        tokens_per_s=throughput, throughput_source=source))
+    total, active = count_parameters(preset.model)
+    seq = preset.stage(stages[0]).max_seq_len if stages else 512
+    params = f"{total / 1e6:,.1f}M parameters" + (f" ({active / 1e6:,.1f}M active)" if active != total else "")
+    title = f"{preset.name}: {params}, {flops_per_token(preset.model, seq) / 1e6:,.0f} MFLOP per training token"
+    console.print(estimate_renderable(title, target, estimates, measured))
+    return 0 if all(e.fits is not False for e in estimates) else 1
+
+
+def _cuda_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minimind-studio",
@@ -189,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a preset field (repeatable)")
     run.add_argument("--detach", action="store_true", help="run in the background, immune to the terminal closing; prints the run id")
     run.set_defaults(handler=cmd_run)
+
+    estimate = sub.add_parser("estimate", help="memory, fit, largest batch and time of a preset before launching it")
+    estimate.add_argument("preset", help="a preset file or a built-in preset name")
+    estimate.add_argument("--stage", choices=["pretrain", "sft"], help="only this stage")
+    estimate.add_argument("--device", help="cpu or cuda (default: the preset's, as training would resolve it)")
+    estimate.add_argument("--gpu", help="a GPU by name (e.g. 'GTX 1650', 3090, A100): its memory and bf16 support")
+    estimate.add_argument("--gpu-mem", help="GPU memory to plan for, e.g. 8GiB (implies --device cuda)")
+    estimate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="override runtime.dtype")
+    estimate.add_argument("--calibrate", action="store_true", help="measure throughput and peak memory with real steps here")
+    estimate.add_argument("--calibrate-steps", type=int, default=20, metavar="N")
+    estimate.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a preset field (repeatable)")
+    estimate.set_defaults(handler=cmd_estimate)
 
     runs = sub.add_parser("runs", help="list runs with their state, stage, step, loss and throughput")
     runs.add_argument("--out-dir", default="runs")

@@ -29,11 +29,15 @@ class Series:
             return  # a NaN step (logged as null) must not poison a whole bucket's mean
         self.total += 1
         self.last = y
-        if self.counts and self.counts[-1] < self.width:
+        counts = self.counts
+        if counts and counts[-1] < self.width:
+            # Runs once per metric per step event (5 per event): plain comparisons, not min()/max() calls.
             self.sums[-1] += y
-            self.counts[-1] += 1
-            self.mins[-1] = min(self.mins[-1], y)
-            self.maxs[-1] = max(self.maxs[-1], y)
+            counts[-1] += 1
+            if y < self.mins[-1]:
+                self.mins[-1] = y
+            elif y > self.maxs[-1]:
+                self.maxs[-1] = y
             return
         self.xs.append(x)
         self.sums.append(y)

@@ -21,7 +21,7 @@ from textual.widgets import Static
 from textual.worker import get_current_worker
 
 from studio.messages import RunUpdated
-from studio.run_watch import RunSnapshot, RunWatch
+from studio.run_watch import RunSnapshot, WatchPool
 from studio.screens.pick_runs_modal import PickRunsModal
 from studio.widgets.monitor.memory_panel import MemoryPanel
 from studio.widgets.monitor.metric_plot import Line, MetricPlot
@@ -54,6 +54,7 @@ class MonitorPane(Pane):
         self.smooth = False
         self.stage_choice: str | None = None  # None: follow the stage that is running
         self.updates = 0  # snapshots drawn (tests and the header use it)
+        self.run_watches = WatchPool()  # kept across follow() calls: reopening a long run must not re-read it
 
     def compose(self) -> ComposeResult:
         yield Static("no run selected: pick one in Runs (2) or launch a preset (1)", id="monitor-head")
@@ -97,13 +98,11 @@ class MonitorPane(Pane):
     @work(thread=True, exclusive=True, exit_on_error=False, group="monitor-follow", name="following the run")
     def _follow(self, run_dirs: list[Path], poll_s: float) -> None:
         worker = get_current_worker()
-        watches = [RunWatch(run_dir, with_log=index == 0) for index, run_dir in enumerate(run_dirs)]
+        watches = [self.run_watches.get(run_dir, with_log=index == 0) for index, run_dir in enumerate(run_dirs)]
         while not worker.is_cancelled:
             more = False
             for watch in watches:
-                if watch.poll():
-                    self.post_message(RunUpdated(watch.snapshot()))
-                more |= watch.more_pending
+                more |= watch.poll_and_post(lambda snapshot: self.post_message(RunUpdated(snapshot)))
             if more:
                 continue  # a long file is still loading: read the next slice at once
             deadline = time.monotonic() + poll_s
