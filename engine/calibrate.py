@@ -54,7 +54,11 @@ def detect_target(preset: Preset, device: str | None = None, gpu_name: str | Non
         raise ValueError(f"unknown GPU {gpu_name!r}: give its memory with --gpu-mem instead (e.g. --gpu-mem 8GiB)")
     wanted = device or ("cuda" if spec or gpu_mem_bytes else preset.runtime.device)
     dtype = dtype or preset.runtime.dtype
-    if wanted.startswith("cuda") and not torch.cuda.is_available() or spec or (gpu_mem_bytes and not wanted.startswith("cpu")):
+    # A GPU described by the flags (or asked for by --device on a machine without one) is hypothetical;
+    # a preset that says cuda on a machine without CUDA fails below, as training would.
+    hypothetical = spec is not None or (gpu_mem_bytes is not None and not wanted.startswith("cpu")) or (
+        device is not None and device.startswith("cuda") and not torch.cuda.is_available())
+    if hypothetical:
         # A hypothetical GPU: nothing to ask the driver, the table and the flags say what it is.
         if dtype == "auto":
             dtype = "bfloat16" if spec is None or spec.supports_bf16 else "float16"

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -124,8 +125,10 @@ class RuntimeConfig(_Section):
     """auto | cpu | cuda | cuda:N | mps. auto picks CUDA, then MPS, then the CPU."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute precision (autocast). auto: bfloat16 on GPUs and CPUs that support it, else float32/float16."""
-    compile: bool = False
-    """torch.compile the model (slow first step, faster after); falls back with a warning if it fails."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the model: a slow first step (30-90 s), then faster steps (1.3-2x on a CPU, 2x on a
+    GPU, bench/RESULTS.md). auto: on CUDA, and on a CPU when the stage would train for more than about
+    five minutes. true/false mean on/off. Falls back to eager with a warning if compiling fails."""
     activation_checkpointing: bool = False
     """Keep only each layer's input and recompute the rest in backward: activation memory drops to about
     one layer's worth, at the price of one more forward (bench/RESULTS.md has the measured trade-off)."""
@@ -135,6 +138,12 @@ class RuntimeConfig(_Section):
     """Where tokenized data caches live; shared by all runs so a corpus is tokenized once."""
     peak_tflops: float | None = Field(None, gt=0)
     """Peak TFLOP/s that MFU is measured against; empty: the GPU's datasheet figure, or measured on a CPU."""
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, value: Any) -> Any:
+        # `compile = true` in TOML (and --set runtime.compile=false) keep working.
+        return {True: "on", False: "off"}[value] if isinstance(value, bool) else value
 
 
 class SwanlabConfig(_Section):

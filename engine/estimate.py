@@ -132,7 +132,7 @@ def activation_bytes_per_token(config: ModelConfig, dtype: str, device: Device, 
 
 def training_memory(config: ModelConfig, batch: int, seq: int, target: Target, checkpointing: bool = False,
                     accumulation_steps: int = 1) -> MemoryBreakdown:
-    from engine.model import count_parameters
+    from engine.flops import count_parameters
 
     total, _ = count_parameters(config)
     a = element_size(target.dtype)
@@ -229,7 +229,7 @@ def advise(preset: Preset, stage: StageName, target: Target, memory: MemoryBreak
 def estimate_stage(preset: Preset, stage: StageName, target: Target, *, data_bytes: int | None = None,
                    tokens_per_s: float | None = None, throughput_source: str | None = None) -> StageEstimate:
     """Everything the report shows for one stage; tokens_per_s from a calibration overrides the assumption."""
-    from engine.model import flops_per_token
+    from engine.flops import flops_per_token
 
     cfg = preset.stage(stage)
     checkpointing = preset.runtime.activation_checkpointing

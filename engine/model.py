@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from engine.config import ModelConfig
+from engine.flops import count_parameters, flops_per_token
 from engine.kernels import IGNORE_INDEX, linear_cross_entropy, rms_norm, swiglu_down
 
 __all__ = ["IGNORE_INDEX", "CausalLM", "KVCache", "ModelOutput", "count_parameters", "flops_per_token"]
@@ -308,32 +309,3 @@ class CausalLM(nn.Module):
     def num_parameters(self) -> int:
         """Distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
-
-
-def count_parameters(config: ModelConfig) -> tuple[int, int]:
-    """(total, active per token) from the config alone. Active leaves out the routed experts a token
-    does not visit; the embedding counts in both, once when tied to lm_head."""
-    C, inter, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    q_width, kv_width = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    attention = 2 * C * q_width + 2 * C * kv_width  # q, o + k, v
-    expert = 3 * C * inter  # gate, up, down
-    if config.use_moe:
-        shared = config.num_shared_experts * expert + C * config.num_experts  # + router
-        mlp_total = shared + config.num_experts * expert
-        mlp_active = shared + config.num_experts_per_tok * expert
-    else:
-        mlp_total = mlp_active = expert
-    embeddings = config.vocab_size * C * (1 if config.tie_word_embeddings else 2)
-    fixed = embeddings + L * (attention + 2 * C) + C  # + two norms per layer and the final norm
-    return fixed + L * mlp_total, fixed + L * mlp_active
-
-
-def flops_per_token(config: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward), the PaLM / nanoGPT estimate:
-    6 * N + 12 * L * C * T, where N is the active parameters doing matmuls (everything active but
-    the embedding lookup, with lm_head counted even when tied) and the second term is attention's
-    QK^T and AV over T positions (without halving for the causal mask, as PaLM does)."""
-    _, active = count_parameters(config)
-    lookup = config.vocab_size * config.hidden_size
-    matmul_params = active if config.tie_word_embeddings else active - lookup
-    return 6.0 * matmul_params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len

@@ -188,16 +188,18 @@ def train_stage(
     sampler = EpochSampler(train_idx, cfg.batch_size, seed=preset.seed)
     sampler.load_state_dict(sampler_state(consumed, batches_per_epoch))
     batches = _endless(_loader(blocks, sampler, preset.runtime.num_workers, precision.device.type == "cuda", preset.seed))
-    forward = _maybe_compile(model, preset, log)
-
     total_params, active_params = count_parameters(preset.model)
     flops_tok = flops_per_token(preset.model, cfg.max_seq_len)
     peak = peak_flops(precision, preset.runtime.peak_tflops, Path(preset.runtime.cache_dir))
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * micro_per_step
+    compiled, compile_reason = should_compile(preset.runtime.compile, precision.device.type,
+                                              (total_steps - step) * tokens_per_step * flops_tok, peak)
+    forward = _CompiledOrEager(model, log) if compiled else model
     log.emit(
         "stage_start", stage=stage, total_steps=total_steps, start_step=step, resumed=resumed_from is not None,
         device=str(precision.device), dtype=precision.dtype, dtype_reason=precision.why,
         params=total_params, active_params=active_params, tokens_per_step=tokens_per_step,
+        compile=compiled, compile_reason=compile_reason,
         init_from=str(init_from.path) if init_from else None, **data_info,
     )
 
@@ -336,5 +338,20 @@ class _CompiledOrEager:
         return self.eager(*args, **kwargs)
 
 
-def _maybe_compile(model: CausalLM, preset: Preset, log: EventLog) -> Callable:
-    return _CompiledOrEager(model, log) if preset.runtime.compile else model
+# Compiling costs 30-90 s once; below this much estimated eager training it does not pay back on a CPU.
+COMPILE_PAYS_BACK_S = 300.0
+EAGER_CPU_MFU = 0.3  # what eager training reaches on a CPU for the estimate above (bench/RESULTS.md)
+
+
+def should_compile(setting: str, device_type: str, remaining_flops: float, peak: float | None) -> tuple[bool, str]:
+    """Whether to torch.compile this stage, and why (the reason goes into the stage_start event)."""
+    if setting in ("on", "off"):
+        return setting == "on", f"runtime.compile = {setting}"
+    if device_type == "cuda":
+        return True, "auto: on CUDA compiling pays back within minutes"
+    if device_type == "cpu" and peak:
+        eager_seconds = remaining_flops / (EAGER_CPU_MFU * peak)
+        if eager_seconds > COMPILE_PAYS_BACK_S:
+            return True, f"auto: about {eager_seconds / 60:.0f} min of CPU training, compiling pays back"
+        return False, f"auto: about {eager_seconds:.0f} s of CPU training, too short for compiling to pay back"
+    return False, f"auto: not compiled on {device_type}"

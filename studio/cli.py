@@ -179,8 +179,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from engine.calibrate import calibrate, detect_target
     from engine.config import load_preset
     from engine.estimate import data_size, estimate_stage, parse_bytes
-    from engine.model import count_parameters, flops_per_token
-    from studio.estimate_view import estimate_renderable
+    from studio.estimate_view import estimate_renderable, estimate_title
 
     preset = load_preset(args.preset, list(args.set or []))
     gpu_mem = parse_bytes(args.gpu_mem) if args.gpu_mem else None
@@ -198,10 +197,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             measured[stage] = result.tensor_peak_bytes
         estimates.append(estimate_stage(preset, stage, target, data_bytes=data_size(preset, stage),
                                         tokens_per_s=throughput, throughput_source=source))
-    total, active = count_parameters(preset.model)
-    seq = preset.stage(stages[0]).max_seq_len if stages else 512
-    params = f"{total / 1e6:,.1f}M parameters" + (f" ({active / 1e6:,.1f}M active)" if active != total else "")
-    title = f"{preset.name}: {params}, {flops_per_token(preset.model, seq) / 1e6:,.0f} MFLOP per training token"
+    title = estimate_title(preset)
     console.print(estimate_renderable(title, target, estimates, measured))
     return 0 if all(e.fits is not False for e in estimates) else 1
 

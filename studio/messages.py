@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
 from engine.runs import RunSummary
 from studio.run_watch import RunSnapshot
+
+if TYPE_CHECKING:
+    from studio.launcher import LaunchEstimate
 
 
 @dataclass
@@ -48,6 +51,20 @@ class OpenRuns(Message):
 @dataclass
 class LaunchFailed(Message):
     """Preflight or launch refused; `message` is the paragraph the CLI would print."""
+
+    message: str
+
+
+@dataclass
+class EstimateReady(Message):
+    """The pre-flight estimate of the preset the launch dialog is asking about."""
+
+    estimate: LaunchEstimate
+
+
+@dataclass
+class EstimateFailed(Message):
+    """The estimate could not be made (unknown device, a dtype the machine lacks...): one paragraph."""
 
     message: str
 

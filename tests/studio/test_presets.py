@@ -14,9 +14,11 @@ from engine.config import (
     load_preset,
     preset_from_dict,
 )
+from engine.estimate import GiB, Target
 from studio import launcher
 from studio.app import StudioApp
 from studio.screens.confirm_modal import ConfirmModal
+from studio.screens.launch_modal import LaunchModal
 from studio.screens.prompt_modal import PromptModal
 from studio.screens.text_modal import TextModal
 from studio.widgets.presets.preset_editor import PresetEditor
@@ -43,7 +45,18 @@ def calls(monkeypatch: pytest.MonkeyPatch, runs_dir: Path) -> dict[str, list]:
 
     monkeypatch.setattr(launcher, "check", check)
     monkeypatch.setattr(launcher, "launch", launch)
+    # The launch dialog's device: a roomy fake (tests/studio/test_launch_estimate.py covers the real one).
+    monkeypatch.setattr(launcher, "detect_target", lambda preset: Target("cpu", "float32", 64 * GiB, "test CPU"))
     return seen
+
+
+async def confirm_launch(pilot) -> None:
+    """Press Launch in the estimate dialog once the estimate has arrived."""
+    await until(pilot, lambda: isinstance(pilot.app.screen, LaunchModal) and pilot.app.screen.result is not None,
+                timeout=30, what="the launch estimate")
+    await pilot.click("#go")
+    await until(pilot, lambda: not isinstance(pilot.app.screen, LaunchModal), what="the dialog to close")
+    await pilot.pause()  # the dialog's answer reaches the pane through call_next
 
 
 async def open_presets(pilot) -> tuple[PresetsPane, PresetEditor]:
@@ -90,6 +103,7 @@ async def test_valid_edit_launches_the_edited_preset_and_opens_the_monitor(runs_
         await pilot.press("ctrl+y")
         assert app.clipboard.startswith("minimind-studio run presets/tiny.toml --detach --set pretrain.batch_size=8")
         await pilot.press("ctrl+r")
+        await confirm_launch(pilot)
         await until(pilot, lambda: app.query_one("#tabs").active == "monitor", timeout=30, what="monitor")
         (launched,) = calls["launch"]
         assert launched.pretrain.batch_size == 8 and launched.name == "tiny"
@@ -107,6 +121,7 @@ async def test_preflight_error_is_shown_instead_of_launching(runs_dir: Path, cal
         await pilot.pause()
         assert pane.error is None  # a valid preset as far as the schema goes
         await pilot.press("ctrl+r")
+        await confirm_launch(pilot)
         await until(pilot, lambda: not pane.launching, timeout=30, what="preflight")
         assert calls["launch"] == [] and len(calls["check"]) == 1
         status = str(app.query_one("#preset-status").render())
@@ -157,5 +172,6 @@ async def test_empty_runs_folder_offers_the_tiny_preset(runs_dir: Path, calls, m
         await until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the offer")
         await ready(pilot)
         await pilot.press("y")
+        await confirm_launch(pilot)
         await until(pilot, lambda: app.query_one("#tabs").active == "monitor", timeout=30, what="monitor")
         assert [p.name for p in calls["launch"]] == ["tiny"]

@@ -1,7 +1,8 @@
 """The Presets tab: pick a preset, edit it through the schema-generated form, launch it.
 
 Validation runs on every edit with the CLI's own message; an invalid preset cannot be launched.
-Launching runs the CLI's preflight in a thread worker (it imports torch), then `studio.launcher`.
+Launching first shows the pre-flight estimate (LaunchModal: memory, fit, time); once confirmed, the
+CLI's preflight runs in a thread worker (it imports torch), then `studio.launcher`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from studio.preset_form import (
     validate,
 )
 from studio.screens.confirm_modal import ConfirmModal
+from studio.screens.launch_modal import LaunchModal, TargetCache
 from studio.screens.prompt_modal import PromptModal
 from studio.screens.text_modal import TextModal
 from studio.widgets.pane import Pane
@@ -90,6 +92,7 @@ class PresetsPane(Pane):
         self.error: str | None = None
         self.launching = False
         self.drafts: dict[Path, dict[str, Any]] = {}  # unsaved edits per preset, kept while browsing the list
+        self.targets: TargetCache = {}  # the devices the estimates found, for the session (finding one loads torch)
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -191,7 +194,7 @@ class PresetsPane(Pane):
             self.action_launch()
 
     def action_launch(self) -> None:
-        """Launch the edited preset; an invalid one launches nothing."""
+        """Show the edited preset's estimate, and launch it if the user confirms; an invalid one launches nothing."""
         if self.preset is None:
             self.notify(self.error or "no preset loaded", title="cannot launch", severity="error")
             return
@@ -199,10 +202,17 @@ class PresetsPane(Pane):
             return
         launched = self.preset.model_copy(deep=True)
         launched.out_dir = str(self.app.runs_dir)  # type: ignore[attr-defined]  # where the studio looks
+        source = self.source
+        self.app.push_screen(LaunchModal(launched, self.targets),
+                             lambda confirmed: self._launch_confirmed(launched, source, confirmed))
+
+    def _launch_confirmed(self, preset: Preset, source: str, confirmed: bool | None) -> None:
+        if not confirmed or self.launching:
+            return
         self.launching = True
         self.query_one("#launch", Button).disabled = True
-        self.notify(f"checking and launching {launched.name}…")
-        self._launch(launched, self.source)
+        self.notify(f"checking and launching {preset.name}…")
+        self._launch(preset, source)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch", name="launch")
     def _launch(self, preset: Preset, source: str) -> None:
