@@ -149,18 +149,19 @@ def run_worker(impl: str, shape: str, dtype: str, quick: bool, **options) -> dic
 
 
 def table(results: list[dict], peaks: dict[str, float]) -> str:
-    lines = ["| shape | dtype | impl | tokens/s | TFLOP/s | MFU | peak memory MiB | engine/HF speed | engine/HF memory |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    by_key = {(r["shape"], r["dtype"], r["impl"]): r for r in results}
+    lines = ["| shape | dtype | impl | compile | tokens/s | TFLOP/s | MFU | peak memory MiB | vs HF speed | vs HF memory |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    eager_hf = {(r["shape"], r["dtype"]): r for r in results if r["impl"] == "hf" and not r["compile"]}
     for r in results:
         achieved = r["tokens_per_s"] * r["flops_per_token"]
-        hf = by_key.get((r["shape"], r["dtype"], "hf"))
+        hf = eager_hf.get((r["shape"], r["dtype"]))
         ratio = mem = ""
-        if r["impl"] == "engine" and hf:
+        if hf and r is not hf:
             ratio = f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}x"
             mem = f"{r['peak_mb'] / hf['peak_mb']:.2f}x"
-        lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} | "
-                     f"{achieved / (peaks[r['dtype']] * 1e12):.1%} | {r['peak_mb']:,.0f} | {ratio} | {mem} |")
+        lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {'on' if r['compile'] else 'off'} | "
+                     f"{r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} | {achieved / (peaks[r['dtype']] * 1e12):.1%} | "
+                     f"{r['peak_mb']:,.0f} | {ratio} | {mem} |")
     return "\n".join(lines)
 
 
@@ -169,6 +170,9 @@ def main() -> int:
     parser.add_argument("--shapes", default="tiny,minimind-26m")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quick", action="store_true", help="fewer windows (a smoke run, numbers are noisy)")
+    parser.add_argument("--variants", default="engine,engine+compile,hf",
+                        help="comma list of engine, engine+compile, hf, hf+compile")
+    parser.add_argument("--no-publish", action="store_true", help="print the table without appending it to RESULTS.md")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,15 +192,17 @@ def main() -> int:
     results = []
     for shape in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
-            for impl in ("engine", "hf"):
-                results.append(run_worker(impl, shape, dtype, args.quick))
-                print(f"{shape:>13} {dtype:>8} {impl:>6}: {results[-1]['tokens_per_s']:8,.0f} tok/s, "
-                      f"peak memory {results[-1]['peak_mb']:,.0f} MiB", flush=True)
+            for variant in args.variants.split(","):
+                impl, _, compiled = variant.partition("+")
+                results.append(run_worker(impl, shape, dtype, args.quick, compile=bool(compiled)))
+                print(f"{shape:>13} {dtype:>8} {variant:>15}: {results[-1]['tokens_per_s']:8,.0f} tok/s, "
+                      f"peak memory {results[-1]['peak_mb']:,.0f} MiB, warm-up {results[-1]['warmup_s']:.0f} s", flush=True)
     publish("Training throughput",
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; matmul peak {peaks['float32']:.3f} TFLOP/s fp32, "
             f"{peaks['bfloat16']:.3f} bf16 (measured in this run){' (quick run: noisy)' if args.quick else ''}."
-            f"\n\n{table(results, peaks)}")
+            f" Compiled rows include no compile time (their warm-up took 30-90 s).\n\n{table(results, peaks)}",
+            print_only=args.no_publish)
     return 0
 
 

@@ -219,7 +219,11 @@ def advise(preset: Preset, stage: StageName, target: Target, memory: MemoryBreak
             notes.append(f"or turn on runtime.activation_checkpointing (about a third slower): batch {recomputed} fits then.")
     if target.dtype == "float32" and (target.device == "cpu" or (gpu is not None and gpu.capability >= (7, 0))):
         notes.append("or train in 16-bit (runtime.dtype = 'bfloat16', or 'float16' before Ampere): activations halve.")
-    if not best_batch:
+    static = memory.framework + memory.weights + memory.optimizer + memory.gradients
+    if static >= target.memory_bytes:
+        notes.append(f"the weights, gradients and AdamW moments alone need {static / GiB:.1f} GiB (16 bytes per "
+                     "parameter): no batch size makes this model train here; use a smaller model or a bigger device.")
+    elif not best_batch:
         half = cfg.max_seq_len // 2
         notes.append(f"not even one sequence of {cfg.max_seq_len} tokens fits: shorten {stage}.max_seq_len "
                      f"(e.g. {half}) or use a smaller model.")
