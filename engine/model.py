@@ -25,7 +25,7 @@ from engine.config import ModelConfig
 from engine.flops import count_parameters, flops_per_token
 from engine.kernels import IGNORE_INDEX, linear_cross_entropy, rms_norm, swiglu_down
 
-__all__ = ["IGNORE_INDEX", "CausalLM", "KVCache", "ModelOutput", "count_parameters", "flops_per_token"]
+__all__ = ["IGNORE_INDEX", "CausalLM", "KVCache", "ModelOutput", "count_parameters", "flops_per_token", "rotary_tables"]
 # fp32 logits per loss chunk: 16M floats = 64 MB a copy (forward + backward hold about four),
 # whatever the vocabulary size; measured no slower than one unchunked pass.
 LOSS_CHUNK_ELEMENTS = 2**24
@@ -86,11 +86,17 @@ class RotaryEmbedding(nn.Module):
         # model.to(bf16) casts buffers too; rebuild in float32 then, since bf16 angles are far off.
         if self.cos.size(0) < end or self.cos.device != device or self.cos.dtype != torch.float32:
             size = max(end, min(2 ** math.ceil(math.log2(end)), self.max_positions))
-            inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
-            freqs = torch.outer(torch.arange(size, device=device).float(), inv_freq)  # (size, hd/2)
-            emb = torch.cat((freqs, freqs), dim=-1)  # (size, hd): HF's layout, halves not interleaved
-            self.cos, self.sin = emb.cos(), emb.sin()
+            self.cos, self.sin = rotary_tables(self.head_dim, self.theta, size, device)
         return self.cos[start:end], self.sin[start:end]
+
+
+def rotary_tables(head_dim: int, theta: float, length: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """cos, sin (length, head_dim) in float32 for positions 0..length; pure, so the decode path
+    (engine/generate.py) builds exactly the values the training forward uses."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    freqs = torch.outer(torch.arange(length, device=device).float(), inv_freq)  # (length, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (length, hd): HF's layout, halves not interleaved
+    return emb.cos(), emb.sin()
 
 
 def rotate_half(x: Tensor) -> Tensor:
