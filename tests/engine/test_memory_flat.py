@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
-
-from engine.model import CausalLM
-from engine.pipeline import run_pipeline
-from engine.runs import create_run
-
 STEPS = 400
+RUNNER = Path(__file__).with_name("flat_run.py")
 
 
-def rss_by_step(run_dir: Path) -> dict[int, float]:
-    steps = {}
-    for line in (run_dir / "events.jsonl").read_text().splitlines():
-        event = json.loads(line)
-        if event["kind"] == "step" and event["stage"] == "pretrain":
-            steps[event["step"]] = event["rss_mb"]
-    return steps
+def rss_by_step(corpus, work: Path, leak: bool = False) -> dict[int, float]:
+    """RSS per logged step of a fresh process training the unit preset (see flat_run.py for why fresh)."""
+    args = [sys.executable, str(RUNNER), str(corpus[0].parent), str(work), str(STEPS)] + (["--leak"] if leak else [])
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {int(step): rss for step, rss in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
 def late_growth(rss: dict[int, float]) -> float:
@@ -31,34 +27,15 @@ def late_growth(rss: dict[int, float]) -> float:
     return late / early - 1
 
 
-def long_run(make_preset) -> Path:
-    preset = make_preset(stages=["tokenizer", "pretrain"], pretrain={
-        "max_steps": STEPS, "log_interval": 10, "eval_interval": 50, "save_interval": 100, "keep_checkpoints": 2,
-        "batch_size": 8, "max_seq_len": 64})
-    run_dir = create_run(preset)
-    run_pipeline(run_dir)
-    return run_dir
-
-
-def test_rss_at_the_end_is_within_2_percent_of_step_50(make_preset):
+def test_rss_at_the_end_is_within_2_percent_of_step_50(corpus, tmp_path):
     """Guards against memory that grows with steps: tensors kept across steps (losses with their graph,
     eval outputs, event payloads), checkpoint buffers never freed, caches that only grow."""
-    growth = late_growth(rss_by_step(long_run(make_preset)))
+    growth = late_growth(rss_by_step(corpus, tmp_path))
     assert growth <= 0.02, f"RSS grew {growth:+.1%} between steps 50-150 and the last 100 of {STEPS}"
 
 
-def test_the_flatness_check_catches_a_leak(make_preset, monkeypatch):
-    """Guards the guard: a forward that keeps every step's outputs (and so their autograd graphs) alive
-    must fail the same check."""
-    kept = []
-    original = CausalLM.forward
-
-    def leaky_forward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        kept.append((out, [p.detach().clone() for p in self.parameters()]))
-        return out
-
-    monkeypatch.setattr(CausalLM, "forward", leaky_forward)
-    growth = late_growth(rss_by_step(long_run(make_preset)))
+def test_the_flatness_check_catches_a_leak(corpus, tmp_path):
+    """Guards the guard: a forward that keeps every step's outputs and a copy of the weights alive must
+    fail the same check."""
+    growth = late_growth(rss_by_step(corpus, tmp_path, leak=True))
     assert growth > 0.02, f"a leak of every step's outputs and weights went unnoticed ({growth:+.1%})"
-    assert len(kept) >= STEPS
