@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.train import ROOT, publish, run_worker
+from engine.estimate import CPU_FRAMEWORK_BYTES
 
 
 def peak_rows(shape: str, batch: int, seq: int) -> tuple[str, list[dict]]:
@@ -36,7 +37,7 @@ def peak_rows(shape: str, batch: int, seq: int) -> tuple[str, list[dict]]:
     hf = {r["dtype"]: r for r in results if r["impl"] == "hf"}
     for r in results:
         ratio = f"{r['peak_mb'] / hf[r['dtype']]['peak_mb']:.2f}x" if r["impl"] == "engine" else ""
-        estimate = f"{r['predicted_mb'] + 240:,.0f}" if r["impl"] == "engine" else ""
+        estimate = f"{r['predicted_mb'] + CPU_FRAMEWORK_BYTES / 2**20:,.0f}" if r["impl"] == "engine" else ""
         lines.append(f"| {r['dtype']} | {r['impl']} | {'on' if r['checkpointing'] else 'off'} | "
                      f"{r['tokens_per_s']:,.0f} | {r['peak_mb']:,.0f} | {ratio} | {estimate} |")
     return "\n".join(lines), results

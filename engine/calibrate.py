@@ -85,8 +85,10 @@ def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20,
     from engine.train import build_optimizer
 
     cfg = preset.stage(stage)
-    precision = resolve_precision(target.device if target.device == "cpu" else preset.runtime.device
-                                  if preset.runtime.device.startswith("cuda") else "cuda", target.dtype)
+    # The preset's own GPU (cuda:N) when it names one, else the first.
+    device_name = "cpu" if target.device == "cpu" else (
+        preset.runtime.device if preset.runtime.device.startswith("cuda") else "cuda")
+    precision = resolve_precision(device_name, target.dtype)
     device = precision.device
     generator = torch.Generator().manual_seed(0)
     model = CausalLM(preset.model).to(device)

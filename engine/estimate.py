@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.config import ModelConfig, Preset, StageName
+from engine.flops import loss_chunk_rows
 from engine.gpus import GpuSpec
 
 GiB = 1024**3
@@ -31,7 +32,6 @@ MiB = 1024**2
 CPU_FRAMEWORK_BYTES = 240 * MiB  # RSS of a Python process with torch and the engine imported (measured)
 CUDA_CONTEXT_BYTES = 600 * MiB  # CUDA context + cuBLAS/cuDNN workspaces, outside the allocator's count
 CUDA_FRAGMENTATION = 1.10  # the caching allocator reserves ~10% above what is live at the peak
-LOSS_CHUNK_ELEMENTS = 2**24  # engine/model.py's chunk size: fp32 logits per loss chunk
 ASSUMED_MFU = 0.35  # without --calibrate: a fraction of peak that small models reach (bench/RESULTS.md)
 ASSUMED_BYTES_PER_TOKEN = 3.5  # corpus bytes per token when the data has not been tokenized yet
 
@@ -138,7 +138,7 @@ def training_memory(config: ModelConfig, batch: int, seq: int, target: Target, c
     a = element_size(target.dtype)
     tokens = batch * seq
     C, V = config.hidden_size, config.vocab_size
-    chunk_rows = min(tokens, max(1024, LOSS_CHUNK_ELEMENTS // V))
+    chunk_rows = min(tokens, loss_chunk_rows(V))
     # Per chunk: fp32 logits (reused in place for the gradient) + under autocast their 16-bit copy; kept: the
     # (tokens, C) hidden gradient and the (vocab, C) fp32 weight gradient.
     loss = chunk_rows * V * 4 + tokens * C * a + V * C * 4 + (chunk_rows * V * a + V * C * a if a == 2 else 0)

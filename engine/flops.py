@@ -5,6 +5,15 @@ from __future__ import annotations
 
 from engine.config import ModelConfig
 
+# fp32 logits per loss chunk: 16M floats = 64 MB, whatever the vocabulary size; measured no slower than
+# one unchunked pass. The model chunks its loss by it and the estimator counts memory by it.
+LOSS_CHUNK_ELEMENTS = 2**24
+
+
+def loss_chunk_rows(vocab_size: int) -> int:
+    """Rows of (tokens, hidden) per loss chunk, so one chunk's fp32 logits stay near 64 MB."""
+    return max(1024, LOSS_CHUNK_ELEMENTS // vocab_size)
+
 
 def count_parameters(config: ModelConfig) -> tuple[int, int]:
     """(total, active per token) from the config alone. Active leaves out the routed experts a token

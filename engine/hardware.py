@@ -1,6 +1,6 @@
 """What the device can do: peak matmul FLOP/s for MFU, and NVML readings on NVIDIA GPUs.
 
-GPU peaks come from engine/gpus.py (the vendors' dense (no sparsity) tensor-core figures for bf16/fp16); a CPU has no
+GPU peaks come from engine/gpus.py (vendors' dense bf16/fp16 tensor-core figures); a CPU has no
 datasheet number worth trusting, so its peak is measured once (a few large matmuls, ~0.5 s) and cached
 per CPU model, thread count and dtype. `runtime.peak_tflops` overrides both.
 """

@@ -22,13 +22,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from engine.config import ModelConfig
-from engine.flops import count_parameters, flops_per_token
+from engine.flops import count_parameters, flops_per_token, loss_chunk_rows
 from engine.kernels import IGNORE_INDEX, linear_cross_entropy, rms_norm, swiglu_down
 
 __all__ = ["IGNORE_INDEX", "CausalLM", "KVCache", "ModelOutput", "count_parameters", "flops_per_token", "rotary_tables"]
-# fp32 logits per loss chunk: 16M floats = 64 MB a copy (forward + backward hold about four),
-# whatever the vocabulary size; measured no slower than one unchunked pass.
-LOSS_CHUNK_ELEMENTS = 2**24
 
 
 @dataclass
@@ -108,14 +105,6 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x (B, heads, T, hd) rotated by position; cos/sin (T, hd) broadcast over batch and heads."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
-
-
-def repeat_kv(x: Tensor, groups: int) -> Tensor:
-    """(B, nkv, S, hd) -> (B, nkv*groups, S, hd): query head h reads kv head h // groups, as in HF."""
-    if groups == 1:
-        return x
-    B, nkv, S, hd = x.shape
-    return x[:, :, None].expand(B, nkv, groups, S, hd).reshape(B, nkv * groups, S, hd)
 
 
 class Attention(nn.Module):
@@ -279,7 +268,7 @@ class CausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight  # one Parameter under both names
         # Rows of (B*T, C) per loss chunk, so one chunk's fp32 logits stay near 64 MB.
-        self.loss_chunk_rows = max(1024, LOSS_CHUNK_ELEMENTS // config.vocab_size)
+        self.loss_chunk_rows = loss_chunk_rows(config.vocab_size)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
