@@ -28,6 +28,7 @@ class Calibration:
     process_peak_bytes: int  # RSS high-water on a CPU (allocator slack included); reserved on a GPU
     steps: int
     seconds: float
+    attention: str = "sdpa"  # the causal attention kernel the step used, chosen as training chooses it
 
 
 def tensor_peak_cpu(step) -> int:
@@ -81,8 +82,10 @@ def detect_target(preset: Preset, device: str | None = None, gpu_name: str | Non
 
 def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20, warmup: int = 3) -> Calibration:
     """Run warmup + steps real training steps on random tokens; measure throughput and the memory peak."""
+    from engine.attention import AttentionShape, choose_kernel
     from engine.model import CausalLM
     from engine.train import build_optimizer
+    from engine.tuning import TuningRecord
 
     cfg = preset.stage(stage)
     # The preset's own GPU (cuda:N) when it names one, else the first.
@@ -93,6 +96,11 @@ def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20,
     generator = torch.Generator().manual_seed(0)
     model = CausalLM(preset.model).to(device)
     model.model.activation_checkpointing = preset.runtime.activation_checkpointing
+    attention, _ = choose_kernel(device.type, AttentionShape(
+        cfg.batch_size, preset.model.num_attention_heads, preset.model.num_key_value_heads, cfg.max_seq_len,
+        preset.model.head_dim, preset.model.num_hidden_layers, precision.dtype, preset.model.dropout),
+        TuningRecord(Path(preset.runtime.cache_dir), device))
+    model.set_attention_kernel(attention)
     model.train()
     optimizer = build_optimizer(model, cfg, device)
     batch = torch.randint(3, preset.model.vocab_size, (cfg.batch_size, cfg.max_seq_len + 1), generator=generator)
@@ -129,4 +137,4 @@ def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20,
                       if torch.is_tensor(v))
         tensor_peak = CPU_FRAMEWORK_BYTES + static + tensor_peak_cpu(step)
     tokens = steps * cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
-    return Calibration(tokens / seconds, tensor_peak, process_peak, steps, seconds)
+    return Calibration(tokens / seconds, tensor_peak, process_peak, steps, seconds, attention)

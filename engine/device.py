@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
@@ -59,15 +58,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True on x86 CPUs with AMX-BF16 or AVX512-BF16 (where oneDNN runs bf16 matmuls natively)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from engine.cpu import cpu_info
+
+    return cpu_info().has_fast_bf16
 
 
 def resolve_precision(device_name: str, dtype: str) -> Precision:

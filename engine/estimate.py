@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.config import ModelConfig, Preset, StageName
-from engine.flops import loss_chunk_rows
+from engine.flops import MATMUL_ATTENTION_MAX_BYTES, attention_probs_bytes, loss_chunk_rows
 from engine.gpus import GpuSpec
 
 GiB = 1024**3
@@ -48,6 +48,7 @@ class Target:
     name: str = ""  # e.g. "NVIDIA H200" or "CPU (2 cores)"
     gpu: GpuSpec | None = None
     peak_tflops: float | None = None  # for time estimates without calibration
+    attention: str | None = None  # the causal attention kernel, when known (None: whichever may be chosen)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,13 @@ def training_memory(config: ModelConfig, batch: int, seq: int, target: Target, c
     transient = 6 * tokens * inter * a + 3 * tokens * C * 4  # SwiGLU backward temporaries + residual grads
     framework = CPU_FRAMEWORK_BYTES if target.device == "cpu" else CUDA_CONTEXT_BYTES
     activations = int(activation_bytes_per_token(config, target.dtype, target.device, seq, checkpointing) * tokens)
+    layers = config.num_hidden_layers
+    probs = attention_probs_bytes(layers, batch, config.num_attention_heads, seq, target.dtype)
+    may_use_matmul = (target.device == "cpu" and target.dtype != "float32" and not config.dropout
+                      and probs <= MATMUL_ATTENTION_MAX_BYTES and target.attention != "sdpa")
+    if may_use_matmul:
+        # The matmul attention kernel is, or may be, the faster one here (engine/attention.py): count what it keeps.
+        activations += probs // layers if checkpointing else probs
     return MemoryBreakdown(
         weights=4 * total, gradients=4 * total, optimizer=8 * total,
         weight_casts=a * total if a == 2 else 0, activations=activations, loss=int(loss),

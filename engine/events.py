@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 EVENT_VERSION = 1
 
@@ -52,7 +52,8 @@ class StepEvent(_Event):
     grad_norm: float | None
     tokens_per_s: float
     samples_per_s: float
-    mfu: float | None
+    mfu: float | None = Field(default=None, ge=0.0, le=1.0)  # never above 100%: engine/hardware.MfuMeter
+    mfu_note: str | None = None  # why mfu is None ("peak unknown: ...")
     eta_s: float
     tokens_seen: int
     epoch: float
@@ -96,6 +97,14 @@ class WarningEvent(_Event):
     message: str
 
 
+class NoteEvent(_Event):
+    """Something the run found out and acted on (e.g. what compiling measured); figures ride along."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["note"]
+    message: str
+
+
 class ErrorEvent(_Event):
     kind: Literal["error"]
     message: str
@@ -114,7 +123,8 @@ class StageEndEvent(_Event):
 
 EVENT_MODELS: dict[str, type[_Event]] = {
     model.model_fields["kind"].annotation.__args__[0]: model  # type: ignore[union-attr]
-    for model in (StageStartEvent, StepEvent, EvalEvent, CheckpointEvent, SampleEvent, WarningEvent, ErrorEvent, StageEndEvent)
+    for model in (StageStartEvent, StepEvent, EvalEvent, CheckpointEvent, SampleEvent, WarningEvent, NoteEvent, ErrorEvent,
+                  StageEndEvent)
 }
 EVENT_KINDS = tuple(EVENT_MODELS)
 
@@ -160,6 +170,13 @@ class EventLog:
             self._handle = None
 
 
+def mfu_text(step: dict[str, Any]) -> str:
+    """A step event's MFU for people: '41.3%', 'peak unknown' (the reason is in mfu_note), or '-'."""
+    if step.get("mfu") is not None:
+        return f"{step['mfu']:.1%}"
+    return "peak unknown" if step.get("mfu_note") else "-"
+
+
 def format_event(event: dict[str, Any]) -> str | None:
     """One human line for an event (train.log of a detached run), or None for events not worth a line."""
     clock = time.strftime("%H:%M:%S", time.localtime(event["t"]))
@@ -171,7 +188,7 @@ def format_event(event: dict[str, Any]) -> str | None:
 
     if kind == "step":
         return (f"{clock} {stage} step {event['step']}/{event['total_steps']} loss {num('loss', '.4f')} "
-                f"lr {num('lr', '.2e')} {num('tokens_per_s', ',.0f')} tok/s eta {num('eta_s', '.0f')}s")
+                f"lr {num('lr', '.2e')} {num('tokens_per_s', ',.0f')} tok/s mfu {mfu_text(event)} eta {num('eta_s', '.0f')}s")
     if kind == "eval":
         fields = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
                           if k.startswith(("eval_", "heldout_")) and k != "heldout_path")
@@ -181,7 +198,7 @@ def format_event(event: dict[str, Any]) -> str | None:
     if kind in ("stage_start", "stage_end"):
         detail = f"{event.get('state')}" if kind == "stage_end" else f"{event.get('total_steps')} steps"
         return f"{clock} {stage} {kind.replace('_', ' ')}: {detail}"
-    if kind in ("warning", "error"):
+    if kind in ("warning", "error", "note"):
         return f"{clock} {kind}: {event.get('message')}"
     return None
 

@@ -15,6 +15,16 @@ def loss_chunk_rows(vocab_size: int) -> int:
     return max(1024, LOSS_CHUNK_ELEMENTS // vocab_size)
 
 
+# The matmul attention kernel (engine/attention.py) keeps every layer's (B, heads, T, T) probabilities;
+# it is only considered while they take no more than this, and the estimator counts them up to it.
+MATMUL_ATTENTION_MAX_BYTES = 256 * 2**20
+
+
+def attention_probs_bytes(layers: int, batch: int, heads: int, seq: int, dtype: str) -> int:
+    """What the matmul attention kernel keeps beyond SDPA: the probabilities of `layers` layers."""
+    return layers * batch * heads * seq * seq * (4 if dtype == "float32" else 2)
+
+
 def count_parameters(config: ModelConfig) -> tuple[int, int]:
     """(total, active per token) from the config alone. Active leaves out the routed experts a token
     does not visit; the embedding counts in both, once when tied to lm_head."""

@@ -1,40 +1,42 @@
-"""What the device can do: peak matmul FLOP/s for MFU, and NVML readings on NVIDIA GPUs.
+"""What the device can do: the peak FLOP/s that MFU is measured against, and NVML readings on NVIDIA GPUs.
 
-GPU peaks come from engine/gpus.py (vendors' dense bf16/fp16 tensor-core figures); a CPU has no
-datasheet number worth trusting, so its peak is measured once (a few large matmuls, ~0.5 s) and cached
-per CPU model, thread count and dtype. `runtime.peak_tflops` overrides both.
+GPU peaks come from engine/gpus.py (vendors' dense bf16/fp16 tensor-core figures). A CPU has no
+datasheet number worth trusting, so its peak is probed: the best of several matmul sizes, each timed
+a few times (one short probe under-reads whenever the host is busy, and an under-read peak shows MFU
+above 100%). The probe is kept in the machine's tuning record (engine/tuning.py). During
+training an MFU above 100% can only mean the peak is wrong: the peak is probed again once, and if the
+step is still faster, MFU is reported as unknown with the reason, never as more than 100%.
+`runtime.peak_tflops` overrides all of it.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from engine.cpu import isa_peak_estimate_tflops
 from engine.device import Precision
 from engine.gpus import find_gpu
+from engine.tuning import TuningRecord
+
+# Square sizes the CPU probe tries, and how often each: the best of them is the peak.
+PROBE_SIZES = (1024, 2048)
+PROBE_REPEATS = 3
+PROBE_SECONDS = 0.15
+
 
 def gpu_peak_tflops(name: str) -> float | None:
     gpu = find_gpu(name)
     return gpu.peak_tflops if gpu else None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown-cpu"
-
-
 def measure_matmul_tflops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
-    """Achieved TFLOP/s of square matmuls on the CPU (what 100% MFU means on this machine)."""
+    """Achieved TFLOP/s of square matmuls of one size on the CPU, over about `seconds`."""
     private = torch.Generator().manual_seed(0)  # never touch the global RNG: training's dropout uses it
     a = torch.randn(size, size, generator=private).to(dtype)
     b = torch.randn(size, size, generator=private).to(dtype)
@@ -46,37 +48,89 @@ def measure_matmul_tflops(dtype: torch.dtype, size: int = 1024, seconds: float =
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e12
 
 
-def cpu_peak_tflops(dtype: str, cache_dir: Path | None) -> float:
-    key = f"{_cpu_model()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
-    cache_file = cache_dir / "hardware.json" if cache_dir else None
-    known: dict[str, float] = {}
-    if cache_file and cache_file.is_file():
-        try:
-            known = json.loads(cache_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            known = {}
-    if key not in known:
-        known[key] = measure_matmul_tflops(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-        if cache_file:
-            from engine.atomic import write_json_atomic
-
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cache_file, known)
-    return known[key]
+def probe_cpu_peak_tflops(dtype: str) -> float:
+    """The best TFLOP/s over PROBE_SIZES x PROBE_REPEATS timings (~1 s): a busy moment lowers one
+    timing, not all of them."""
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    return max(measure_matmul_tflops(torch_dtype, size, PROBE_SECONDS)
+               for _ in range(PROBE_REPEATS) for size in PROBE_SIZES)
 
 
-def peak_flops(precision: Precision, override_tflops: float | None = None, cache_dir: Path | None = None) -> float | None:
-    """Peak FLOP/s that MFU is measured against, or None when unknown (MFU is then not reported)."""
+def cpu_peak_tflops(dtype: str, cache_dir: Path | None, refresh: bool = False) -> float:
+    """The CPU's probed peak, from the machine's tuning record unless refresh (then probed again and
+    the higher of the two kept)."""
+    record = TuningRecord(cache_dir, "cpu")
+    key = f"peak|{dtype}|probe=best-of-{len(PROBE_SIZES) * PROBE_REPEATS}"
+    known = record.get(key)
+    if known is None or refresh:
+        tflops = max(known["tflops"] if known else 0.0, probe_cpu_peak_tflops(dtype))
+        known = {"tflops": tflops}
+        record.put(key, known)
+    return known["tflops"]
+
+
+@dataclass(frozen=True)
+class Peak:
+    """What 100% MFU means for a run: FLOP/s, or None when unknown, and where the figure came from."""
+
+    flops: float | None
+    source: str  # "probed: ...", "runtime.peak_tflops", "NVIDIA H200 datasheet", or why it is unknown
+    reprobe: Callable[[], float] | None = None  # a fresh CPU probe in FLOP/s, when the peak was probed
+
+
+def peak_flops(precision: Precision, override_tflops: float | None = None, cache_dir: Path | None = None) -> Peak:
+    """The peak FLOP/s that MFU is measured against on this device."""
     if override_tflops:
-        return override_tflops * 1e12
+        return Peak(override_tflops * 1e12, f"runtime.peak_tflops = {override_tflops}")
     if precision.device.type == "cuda":
-        peak = gpu_peak_tflops(torch.cuda.get_device_name(precision.device))
-        if peak and precision.dtype == "float32":
-            peak /= 2  # TF32 tensor cores run at half the bf16 rate
-        return peak * 1e12 if peak else None
+        name = torch.cuda.get_device_name(precision.device)
+        peak = gpu_peak_tflops(name)
+        if peak is None:
+            return Peak(None, f"peak unknown: {name} is not in the GPU table; set runtime.peak_tflops")
+        if precision.dtype == "float32":
+            return Peak(peak / 2 * 1e12, f"{name} datasheet, TF32 at half the bf16 rate")
+        return Peak(peak * 1e12, f"{name} datasheet")
     if precision.device.type == "cpu":
-        return cpu_peak_tflops(precision.dtype, cache_dir) * 1e12
-    return None
+        dtype = precision.dtype
+        probed = cpu_peak_tflops(dtype, cache_dir)
+        if probed <= 0:
+            return Peak(None, "peak unknown: the matmul probe measured nothing; set runtime.peak_tflops")
+        isa = isa_peak_estimate_tflops(torch.get_num_threads(), dtype)
+        note = f" (ISA estimate {isa:.3f})" if isa else ""
+        return Peak(probed * 1e12, f"probed {dtype} matmul peak {probed:.3g} TFLOP/s{note}",
+                    reprobe=lambda: cpu_peak_tflops(dtype, cache_dir, refresh=True) * 1e12)
+    return Peak(None, f"peak unknown on {precision.device.type}; set runtime.peak_tflops")
+
+
+class MfuMeter:
+    """MFU for step events that is never above 100%.
+
+    A step faster than the peak proves the peak wrong (a probe that ran while the host was busy):
+    the CPU peak is probed once more; if the step is still faster, MFU becomes unknown for the rest
+    of the stage, with the reason in `note` and one warning."""
+
+    def __init__(self, peak: Peak, warn: Callable[[str], None]) -> None:
+        self.peak, self.warn = peak, warn
+
+    @property
+    def note(self) -> str | None:
+        return None if self.peak.flops else self.peak.source
+
+    def __call__(self, achieved_flops: float) -> float | None:
+        if not self.peak.flops:
+            return None
+        if achieved_flops > self.peak.flops and self.peak.reprobe is not None:
+            fresh = self.peak.reprobe()
+            self.peak = Peak(max(fresh, self.peak.flops), f"re-probed {fresh / 1e12:.3f} TFLOP/s "
+                             f"(a step ran faster than the first probe)")
+        if achieved_flops > self.peak.flops:
+            reason = (f"peak unknown: a step ran at {achieved_flops / 1e12:.3f} TFLOP/s, above the peak of "
+                      f"{self.peak.flops / 1e12:.3f} ({self.peak.source}); set runtime.peak_tflops to this "
+                      "machine's real peak to see MFU")
+            self.peak = Peak(None, reason)
+            self.warn(reason)
+            return None
+        return achieved_flops / self.peak.flops
 
 
 @lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from engine.attention import CAUSAL_KERNELS
 from engine.config import ModelConfig
 from engine.flops import count_parameters, flops_per_token, loss_chunk_rows
 from engine.kernels import IGNORE_INDEX, linear_cross_entropy, rms_norm, swiglu_down
@@ -120,6 +121,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, kv_width, bias=False)
         self.v_proj = nn.Linear(hidden, kv_width, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.kernel = "sdpa"  # for plain causal training; set by CausalLM.set_attention_kernel (engine/attention.py)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
         B, T, C = x.shape
@@ -133,10 +135,13 @@ class Attention(nn.Module):
         # No mask and T > 1 means no earlier tokens: plain causal. A single new token sees everything.
         causal = mask is None and T > 1
         dropout = self.dropout if self.training else 0.0
-        # SDPA reads grouped k/v itself (enable_gqa): faster than expanding them to every query head on
-        # the CPU and on CUDA (bench/RESULTS.md), and autograd keeps the nkv-head k/v, not expanded copies.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
-                                           enable_gqa=groups > 1)  # (B, nh, T, hd)
+        if causal and cache is None:
+            y = CAUSAL_KERNELS[self.kernel](q, k, v, dropout)  # (B, nh, T, hd)
+        else:
+            # SDPA reads grouped k/v itself (enable_gqa): faster than expanding them to every query head
+            # on the CPU and on CUDA (bench/RESULTS.md), and autograd keeps the nkv-head k/v only.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
+                                               enable_gqa=groups > 1)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, nh*hd)
         return self.o_proj(y)
 
@@ -292,6 +297,11 @@ class CausalLM(nn.Module):
         if aux_loss is not None:
             loss = loss + aux_loss
         return ModelOutput(loss=loss, aux_loss=aux_loss)
+
+    def set_attention_kernel(self, kernel: str) -> None:
+        """Which causal attention kernel training uses in every layer: "sdpa" or "matmul"."""
+        for layer in self.model.layers:
+            layer.self_attn.kernel = kernel
 
     def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from engine.attention import AttentionShape, choose_kernel
+from engine.compile_policy import EAGER_CPU_MFU, CompiledForward, compile_key, decide
 from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks, split_indices
 from engine.checkpoint import (
     Checkpoint,
@@ -28,9 +30,10 @@ from engine.data import build_token_cache
 from engine.device import Precision, memory_snapshot, resolve_precision
 from engine.events import EventLog
 from engine.generate import Sampling, generate
-from engine.hardware import peak_flops
+from engine.hardware import MfuMeter, peak_flops
 from engine.model import CausalLM, count_parameters, flops_per_token
 from engine.tokenizer import load_tokenizer
+from engine.tuning import TuningRecord
 
 
 class NonFiniteLoss(RuntimeError):
@@ -169,6 +172,11 @@ def train_stage(
     model.to(precision.device)
     model.train()
     model.model.activation_checkpointing = preset.runtime.activation_checkpointing
+    record = TuningRecord(Path(preset.runtime.cache_dir), precision.device)
+    attention, attention_reason = choose_kernel(precision.device.type, AttentionShape(
+        cfg.batch_size, preset.model.num_attention_heads, preset.model.num_key_value_heads, cfg.max_seq_len,
+        preset.model.head_dim, preset.model.num_hidden_layers, precision.dtype, preset.model.dropout), record)
+    model.set_attention_kernel(attention)
     if precision.device.type == "cuda":
         # fp32 matmuls (a float32 run, and anything autocast leaves in fp32) on TF32 tensor cores.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -192,14 +200,23 @@ def train_stage(
     flops_tok = flops_per_token(preset.model, cfg.max_seq_len)
     peak = peak_flops(precision, preset.runtime.peak_tflops, Path(preset.runtime.cache_dir))
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * micro_per_step
-    compiled, compile_reason = should_compile(preset.runtime.compile, precision.device.type,
-                                              (total_steps - step) * tokens_per_step * flops_tok, peak)
-    forward = _CompiledOrEager(model, log) if compiled else model
+    mfu_meter = MfuMeter(peak, warn=lambda message: log.emit("warning", stage=stage, message=message))
+    tuning_key = compile_key(preset.model, precision.dtype, cfg.batch_size, cfg.max_seq_len, micro_per_step,
+                               preset.runtime.activation_checkpointing, attention)
+    eager_estimate = ((total_steps - step) * tokens_per_step * flops_tok / (EAGER_CPU_MFU * peak.flops)
+                      if peak.flops else None)
+    mode, compile_reason = decide(preset.runtime.compile, precision.device.type, record.get(tuning_key),
+                                  total_steps - step, eager_estimate)
+    forward = CompiledForward(
+        model, mode, record=record if preset.runtime.compile == "auto" else None, key=tuning_key,
+        note=lambda message, figures: log.emit("note", stage=stage, message=message, **figures),
+        warn=lambda message: log.emit("warning", stage=stage, message=message))
     log.emit(
         "stage_start", stage=stage, total_steps=total_steps, start_step=step, resumed=resumed_from is not None,
         device=str(precision.device), dtype=precision.dtype, dtype_reason=precision.why,
         params=total_params, active_params=active_params, tokens_per_step=tokens_per_step,
-        compile=compiled, compile_reason=compile_reason,
+        compile=mode != "eager", compile_mode=mode, compile_reason=compile_reason,
+        attention=attention, attention_reason=attention_reason, peak_source=peak.source,
         init_from=str(init_from.path) if init_from else None, **data_info,
     )
 
@@ -225,6 +242,7 @@ def train_stage(
     window_steps, window_start = 0, time.perf_counter()
     state = "finished"
     while step < total_steps:
+        step_start = time.perf_counter()
         lr = lr_at(step, total_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -251,6 +269,7 @@ def train_stage(
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        forward.step_done(time.perf_counter() - step_start)
         step += 1
         tokens_seen += tokens_per_step
         window_steps += 1
@@ -269,7 +288,7 @@ def train_stage(
                 "step", stage=stage, step=step, total_steps=total_steps, loss=last_loss, lr=lr,
                 grad_norm=float(grad_norm) if grad_norm is not None else None,
                 tokens_per_s=tokens_per_s, samples_per_s=window_steps * cfg.batch_size * micro_per_step / elapsed,
-                mfu=(flops_tok * tokens_per_s / peak) if peak else None,
+                mfu=mfu_meter(flops_tok * tokens_per_s), mfu_note=mfu_meter.note,
                 eta_s=(total_steps - step) * elapsed / window_steps, tokens_seen=tokens_seen,
                 epoch=consumed / batches_per_epoch, **memory_snapshot(precision.device),
             )
@@ -318,40 +337,3 @@ def emit_sample(model: CausalLM, blocks, eval_idx, tokenizer, stage: str, step: 
 
 def sampler_state(consumed: int, batches_per_epoch: int) -> dict[str, int]:
     return {"epoch": consumed // batches_per_epoch, "position": consumed % batches_per_epoch}
-
-
-class _CompiledOrEager:
-    """Calls the torch.compile'd model; if compiling fails (it does so lazily, on the first call), warns
-    once and continues with the eager model instead of killing the run."""
-
-    def __init__(self, model: CausalLM, log: EventLog) -> None:
-        self.eager, self.log = model, log
-        self.compiled: Callable | None = torch.compile(model)
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - any backend failure must degrade, not crash
-                self.compiled = None
-                self.log.emit("warning", message=f"torch.compile failed ({type(error).__name__}: {error}); training eagerly")
-        return self.eager(*args, **kwargs)
-
-
-# Compiling costs 30-90 s once; below this much estimated eager training it does not pay back on a CPU.
-COMPILE_PAYS_BACK_S = 300.0
-EAGER_CPU_MFU = 0.3  # what eager training reaches on a CPU for the estimate above (bench/RESULTS.md)
-
-
-def should_compile(setting: str, device_type: str, remaining_flops: float, peak: float | None) -> tuple[bool, str]:
-    """Whether to torch.compile this stage, and why (the reason goes into the stage_start event)."""
-    if setting in ("on", "off"):
-        return setting == "on", f"runtime.compile = {setting}"
-    if device_type == "cuda":
-        return True, "auto: on CUDA compiling pays back within minutes"
-    if device_type == "cpu" and peak:
-        eager_seconds = remaining_flops / (EAGER_CPU_MFU * peak)
-        if eager_seconds > COMPILE_PAYS_BACK_S:
-            return True, f"auto: about {eager_seconds / 60:.0f} min of CPU training, compiling pays back"
-        return False, f"auto: about {eager_seconds:.0f} s of CPU training, too short for compiling to pay back"
-    return False, f"auto: not compiled on {device_type}"

@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from engine.events import format_event, read_events
+from engine.events import format_event, mfu_text, read_events
 from engine.runs import effective_state, read_status
 from studio.runs_table import STATE_STYLE
 
@@ -93,7 +93,7 @@ class RunFollower:
             f"alloc {fmt('mem_alloc_mb', ',.0f')} / peak {fmt('mem_peak_mb', ',.0f')} / reserved {fmt('mem_reserved_mb', ',.0f')} MiB")
         metrics = Text("   ".join([
             f"loss {fmt('loss', '.4f')}", f"eval {fmt('eval_loss', '.4f', self.eval)}", f"lr {fmt('lr', '.2e')}",
-            f"grad {fmt('grad_norm', '.3f')}", f"{fmt('tokens_per_s', ',.0f')} tok/s", f"mfu {fmt('mfu', '.1%')}",
+            f"grad {fmt('grad_norm', '.3f')}", f"{fmt('tokens_per_s', ',.0f')} tok/s", f"mfu {mfu_text(s)}",
             memory, f"eta {fmt('eta_s', ',.0f')}s"]))
         bar = Table.grid(expand=True)
         bar.add_row(ProgressBar(total=total, completed=min(step, total)))

@@ -78,6 +78,8 @@ class RunProgress:
                 )
         elif kind == "warning":
             self.console.print(f"[yellow]warning:[/] {event.get('message')}")
+        elif kind == "note":
+            self.console.print(f"  {stage}: {event.get('message')}")
 
 
 def summary_table(result: Any) -> Table:

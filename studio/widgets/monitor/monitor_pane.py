@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
+from engine.events import mfu_text
 from studio.messages import RunUpdated
 from studio.run_watch import RunSnapshot, WatchPool
 from studio.screens.pick_runs_modal import PickRunsModal
@@ -199,7 +200,7 @@ class MonitorPane(Pane):
         rows = [
             ("loss", _num(s.get("loss"), ".4f")), ("eval", _num(e.get("eval_loss"), ".4f")),
             ("lr", _num(s.get("lr"), ".2e")), ("grad", _num(s.get("grad_norm"), ".3f")),
-            ("tok/s", _num(s.get("tokens_per_s"), ",.0f")), ("mfu", _num(s.get("mfu"), ".1%")),
+            ("tok/s", _num(s.get("tokens_per_s"), ",.0f")), ("mfu", mfu_text(s)),
             ("tokens", _num(s.get("tokens_seen"), ",")), ("epoch", _num(s.get("epoch"), ".2f")),
         ]
         if e.get("heldout_accuracy") is not None:
