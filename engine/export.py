@@ -5,12 +5,14 @@ safetensors (optionally cast), a Llama config.json, generation_config.json and t
 `AutoModelForCausalLM.from_pretrained(dir)` loads it without trust_remote_code.
 In: a directory like that (ours, or any Llama-architecture model small enough to train here) can be
 named as `from_weight`; it is read as a checkpoint at step 0.
+GGUF for llama.cpp and Ollama is engine/gguf_export.py; the helpers both formats share live here.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -45,22 +47,37 @@ def llama_config_dict(config: ModelConfig, special: dict[str, int], dtype: str) 
     return data
 
 
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
+    """bos/eos/pad ids of a loaded tokenizer, under config.json's key names (None where it has none)."""
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
 def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
     from engine.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(tokenizer_dir)
-    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    return special_token_ids(load_tokenizer(tokenizer_dir))
+
+
+def generation_config(special: dict[str, int]) -> dict[str, Any]:
+    """generation_config.json of an export: the sampling defaults GGUF also carries (general.sampling.*)."""
+    return {**special, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "max_new_tokens": 256}
+
+
+def refuse_moe(ckpt: Checkpoint) -> None:
+    """Both export formats hold dense Llama weights only; an MoE checkpoint would silently lose its experts."""
+    if ckpt.model_config.use_moe:
+        raise ExportError(
+            f"{ckpt.path} is a mixture-of-experts model; neither transformers' Llama nor llama.cpp's llama "
+            "architecture holds minimind's shared + routed experts (without trust_remote_code), so export refuses "
+            "rather than lose weights. Chat with it in the studio, or train a dense preset for export."
+        )
 
 
 def export_hf(ckpt: Checkpoint, out_dir: Path, dtype: str = "float32") -> Path:
     """Write ckpt as a Hugging Face model directory; returns it."""
+    refuse_moe(ckpt)
     config = ckpt.model_config
-    if config.use_moe:
-        raise ExportError(
-            f"{ckpt.path} is a mixture-of-experts model; no standard transformers architecture holds minimind's "
-            "shared + routed experts without trust_remote_code, so export refuses rather than lose weights. "
-            "Chat with it in the studio, or train a dense preset for export."
-        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = load_file(str(ckpt.path / "model.safetensors"))
@@ -68,9 +85,7 @@ def export_hf(ckpt: Checkpoint, out_dir: Path, dtype: str = "float32") -> Path:
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     special = _special_token_ids(ckpt.tokenizer_dir)
     write_json_atomic(out_dir / "config.json", llama_config_dict(config, special, dtype))
-    write_json_atomic(out_dir / "generation_config.json", {
-        **special, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "max_new_tokens": 256,
-    })
+    write_json_atomic(out_dir / "generation_config.json", generation_config(special))
     copy_tokenizer(ckpt.tokenizer_dir, out_dir)
     write_json_atomic(out_dir / "minimind_studio.json", {"stage": ckpt.stage, "step": ckpt.step, "source": str(ckpt.path)})
     return out_dir

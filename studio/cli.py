@@ -156,10 +156,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.checkpoint import resolve_checkpoint
-    from engine.export import export_hf
+    from engine.export import EXPORT_DTYPES, export_hf
+    from engine.gguf_export import GGUF_DTYPES, export_gguf
 
+    # Each format names its dtypes as its own tools do (llama.cpp's names for GGUF); GGUF defaults to
+    # f16 as llama.cpp's converter does: half the size of f32 at no loss that matters for these models.
+    allowed = {"hf": tuple(EXPORT_DTYPES), "gguf": GGUF_DTYPES}[args.format]
+    dtype = args.dtype or {"hf": "float32", "gguf": "f16"}[args.format]
+    if dtype not in allowed:
+        raise ValueError(f"--dtype {dtype} does not fit --format {args.format}; choose one of {', '.join(allowed)}")
     ckpt = resolve_checkpoint(args.checkpoint, args.out_dir)
-    out = export_hf(ckpt, Path(args.dir), dtype=args.dtype)
+    if args.format == "gguf":
+        out = export_gguf(ckpt, Path(args.dir), dtype=dtype)
+        console.print(f"exported {ckpt.path} (step {ckpt.step}) to [bold]{out}[/] ({dtype}, "
+                      f"{out.stat().st_size / 2**20:.1f} MiB). llama.cpp: llama-cli -m {out}   "
+                      f"Ollama: cd {out.parent} && ollama create NAME -f Modelfile && ollama run NAME", highlight=False)
+        return 0
+    out = export_hf(ckpt, Path(args.dir), dtype=dtype)
     console.print(f"exported {ckpt.path} (step {ckpt.step}) to [bold]{out}[/]: load it with "
                   f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
@@ -269,10 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--out-dir", default="runs", help="where run ids are looked up")
     chat.set_defaults(handler=cmd_chat)
 
-    export = sub.add_parser("export", help="write a checkpoint in Hugging Face format")
-    export.add_argument("checkpoint", help="a run dir or id, or a checkpoint dir")
+    export = sub.add_parser("export", help="write a checkpoint in Hugging Face format, or as GGUF for llama.cpp / Ollama")
+    export.add_argument("checkpoint", help="a run dir or id, a checkpoint dir, or an exported HF dir")
     export.add_argument("dir", help="output directory")
-    export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    export.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                        help="hf: a transformers model directory; gguf: model.gguf + an Ollama Modelfile")
+    export.add_argument("--dtype", help="hf: float32 (default), bfloat16, float16; gguf: f32, f16 (default), bf16, q8_0")
     export.add_argument("--out-dir", default="runs", help="where run ids are looked up")
     export.set_defaults(handler=cmd_export)
 
