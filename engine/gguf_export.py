@@ -62,7 +62,8 @@ def permute_rotary(weight: np.ndarray, n_heads: int) -> np.ndarray:
     """
     rows, cols = weight.shape
     half = rows // n_heads // 2
-    return weight.reshape(n_heads, 2, half, cols).swapaxes(1, 2).reshape(rows, cols)  # (h, half, 2, in) -> rows
+    # (h, 2, half, in) -> (h, half, 2, in): the two halves of each head interleaved row by row
+    return weight.reshape(n_heads, 2, half, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def gguf_tensors(
