@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -83,11 +81,29 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
         torch.backends.cuda.matmul.allow_tf32 = True  # what the engine's trainer sets on a GPU
     model = build(impl, config).to(dev)
     model.train()
+    attention = None
     if impl == "engine":
+        from engine.attention import AttentionShape, choose_kernel
+        from engine.tuning import TuningRecord
+
         model.model.activation_checkpointing = checkpointing
+        # The kernel training would choose here, measured afresh in this process (no record is reused).
+        attention, _ = choose_kernel(dev.type, AttentionShape(batch, config.num_attention_heads, config.num_key_value_heads,
+                                                              seq, config.head_dim, config.num_hidden_layers, dtype),
+                                     TuningRecord(None))
+        model.set_attention_kernel(attention)
     elif checkpointing:
         model.gradient_checkpointing_enable()
-    forward = torch.compile(model) if compile else model
+    mode = "compiled" if compile is True else "eager"
+    if compile == "auto":
+        # What runtime.compile = "auto" does on a first long stage with no record: a timed trial.
+        from engine.compile_policy import TRIAL_STEPS, CompiledForward, decide
+
+        mode, _ = decide("auto", dev.type, None, 10**6, None)
+        forward = CompiledForward(model, mode, note=lambda message, figures: None, warn=print)
+        warmup = max(warmup, 2 * TRIAL_STEPS + 3 if mode == "trial" else warmup)
+    else:
+        forward = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     generator = torch.Generator().manual_seed(1)
     stream = torch.randint(3, config.vocab_size, (batch * (seq + 1) * 4,), generator=generator)
@@ -106,13 +122,20 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def timed_step(i: int) -> None:
+        start = time.perf_counter()
+        step(i)
+        sync()
+        if hasattr(forward, "step_done"):
+            forward.step_done(time.perf_counter() - start)
+
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
     compile_start = time.perf_counter()
     for i in range(warmup):
-        step(i)
+        timed_step(i)
     sync()
     warmup_s = time.perf_counter() - compile_start
     if dev.type == "cuda":
@@ -133,6 +156,7 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
     return {
         "impl": impl, "shape": shape, "dtype": dtype, "batch": batch, "seq": seq, "device": device,
         "compile": compile, "checkpointing": checkpointing, "tokens_per_s": statistics.median(rates),
+        "attention": attention, "auto_chose": ("compiled" if forward.is_compiled else "eager") if compile == "auto" else None,
         "windows": rates, "warmup_s": warmup_s, "flops_per_token": flops_per_token(config, seq), "peak_mb": peak_mb,
         # the allocator-level prediction (the CUDA context and the CPU process are not in these peaks)
         "predicted_mb": (predicted.peak - predicted.framework) / 2**20,
@@ -148,9 +172,15 @@ def run_worker(impl: str, shape: str, dtype: str, quick: bool, **options) -> dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def compile_cell(r: dict) -> str:
+    if r["compile"] == "auto":
+        return f"auto -> {r['auto_chose']}"
+    return "on" if r["compile"] else "off"
+
+
 def table(results: list[dict], peaks: dict[str, float]) -> str:
-    lines = ["| shape | dtype | impl | compile | tokens/s | TFLOP/s | MFU | peak memory MiB | vs HF speed | vs HF memory |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| shape | dtype | impl | compile | attention | tokens/s | TFLOP/s | MFU | peak memory MiB | vs HF speed | vs HF memory |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     eager_hf = {(r["shape"], r["dtype"]): r for r in results if r["impl"] == "hf" and not r["compile"]}
     for r in results:
         achieved = r["tokens_per_s"] * r["flops_per_token"]
@@ -159,10 +189,17 @@ def table(results: list[dict], peaks: dict[str, float]) -> str:
         if hf and r is not hf:
             ratio = f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}x"
             mem = f"{r['peak_mb'] / hf['peak_mb']:.2f}x"
-        lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {'on' if r['compile'] else 'off'} | "
-                     f"{r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} | {achieved / (peaks[r['dtype']] * 1e12):.1%} | "
+        mfu = achieved / (peaks[r["dtype"]] * 1e12)
+        lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {compile_cell(r)} | {r.get('attention') or 'sdpa'} | "
+                     f"{r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} | {f'{mfu:.1%}' if mfu <= 1 else 'peak unknown'} | "
                      f"{r['peak_mb']:,.0f} | {ratio} | {mem} |")
     return "\n".join(lines)
+
+
+def median_of_rounds(runs: list[dict]) -> dict:
+    """One row from several interleaved runs of a configuration: the median tokens/s, the highest peak."""
+    row = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
+    return {**row, "rounds": [r["tokens_per_s"] for r in runs], "peak_mb": max(r["peak_mb"] for r in runs)}
 
 
 def main() -> int:
@@ -170,8 +207,11 @@ def main() -> int:
     parser.add_argument("--shapes", default="tiny,minimind-26m")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quick", action="store_true", help="fewer windows (a smoke run, numbers are noisy)")
-    parser.add_argument("--variants", default="engine,engine+compile,hf",
-                        help="comma list of engine, engine+compile, hf, hf+compile")
+    parser.add_argument("--variants", default="engine,engine+compile,engine+auto,hf",
+                        help="comma list of engine, engine+compile, engine+auto, hf, hf+compile")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every configuration this many times, interleaved, and keep the median (a shared "
+                             "host's slow spells then hit every variant alike)")
     parser.add_argument("--no-publish", action="store_true", help="print the table without appending it to RESULTS.md")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
@@ -185,23 +225,32 @@ def main() -> int:
 
     import torch
 
-    from engine.hardware import measure_matmul_tflops
+    from engine.cpu import describe_cpu
+    from engine.hardware import probe_cpu_peak_tflops
 
-    peaks = {"float32": measure_matmul_tflops(torch.float32, seconds=1.0),
-             "bfloat16": measure_matmul_tflops(torch.bfloat16, seconds=1.0)}
-    results = []
-    for shape in args.shapes.split(","):
-        for dtype in args.dtypes.split(","):
-            for variant in args.variants.split(","):
-                impl, _, compiled = variant.partition("+")
-                results.append(run_worker(impl, shape, dtype, args.quick, compile=bool(compiled)))
-                print(f"{shape:>13} {dtype:>8} {variant:>15}: {results[-1]['tokens_per_s']:8,.0f} tok/s, "
-                      f"peak memory {results[-1]['peak_mb']:,.0f} MiB, warm-up {results[-1]['warmup_s']:.0f} s", flush=True)
-    publish("Training throughput",
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; matmul peak {peaks['float32']:.3f} TFLOP/s fp32, "
-            f"{peaks['bfloat16']:.3f} bf16 (measured in this run){' (quick run: noisy)' if args.quick else ''}."
-            f" Compiled rows include no compile time (their warm-up took 30-90 s).\n\n{table(results, peaks)}",
+    dtypes = args.dtypes.split(",")
+    # Probed before and after the runs; the higher counts (a busy moment only ever lowers a probe).
+    peaks = {dtype: probe_cpu_peak_tflops(dtype) for dtype in dtypes}
+    configs = [(shape, dtype, variant) for shape in args.shapes.split(",") for dtype in dtypes
+               for variant in args.variants.split(",")]
+    runs: dict[tuple, list[dict]] = {config: [] for config in configs}
+    for round_ in range(args.rounds):
+        for shape, dtype, variant in configs:
+            impl, _, how = variant.partition("+")
+            result = run_worker(impl, shape, dtype, args.quick, compile="auto" if how == "auto" else bool(how))
+            runs[(shape, dtype, variant)].append(result)
+            print(f"round {round_ + 1} {shape:>13} {dtype:>8} {variant:>15}: {result['tokens_per_s']:8,.0f} tok/s, "
+                  f"peak memory {result['peak_mb']:,.0f} MiB, warm-up {result['warmup_s']:.0f} s", flush=True)
+    peaks = {dtype: max(peak, probe_cpu_peak_tflops(dtype)) for dtype, peak in peaks.items()}
+    results = [median_of_rounds(runs[config]) for config in configs]
+    peak_text = ", ".join(f"{peaks[d]:.3f} {d}" for d in dtypes)
+    publish(f"Training throughput on {describe_cpu()}",
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak {peak_text} TFLOP/s (best of "
+            f"6 probes before and 6 after the runs); tokens/s is the median of {args.rounds} interleaved round(s) of "
+            f"each configuration{' (quick run: noisy)' if args.quick else ''}. Compiled rows include no compile time "
+            "(warm-up 30-90 s); 'auto' is runtime.compile = \"auto\" on a first long stage: a timed eager/compiled "
+            "trial, then the faster. The engine's attention kernel is chosen as training chooses it (measured in each "
+            f"process).\n\n{table(results, peaks)}",
             print_only=args.no_publish)
     return 0
 

@@ -79,6 +79,13 @@ def test_the_choice_is_measured_once_per_machine_and_shape(monkeypatch, tmp_path
     assert len(calls) == 2
 
 
+def test_a_near_tie_keeps_sdpa(monkeypatch):
+    """Guards against timing noise flipping the kernel between runs (and paying the matmul kernel's
+    memory for nothing): it must be at least MATMUL_MIN_GAIN faster."""
+    monkeypatch.setattr(attention, "time_kernels", lambda s, repeats=5: {"sdpa": 0.0040, "matmul": 0.0039})
+    assert choose_kernel("cpu", shape(), TuningRecord(None))[0] == "sdpa"
+
+
 def test_gpus_float32_and_large_probabilities_use_sdpa_without_measuring(monkeypatch):
     """Guards memory and start-up: the matmul kernel is never considered where it cannot win or would
     keep more than MATMUL_ATTENTION_MAX_BYTES of probabilities."""
