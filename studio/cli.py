@@ -156,25 +156,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.checkpoint import resolve_checkpoint
-    from engine.export import EXPORT_DTYPES, export_hf
-    from engine.gguf_export import GGUF_DTYPES, export_gguf
+    from studio import exporter
 
-    # Each format names its dtypes as its own tools do (llama.cpp's names for GGUF); GGUF defaults to
-    # f16 as llama.cpp's converter does: half the size of f32 at no loss that matters for these models.
-    allowed = {"hf": tuple(EXPORT_DTYPES), "gguf": GGUF_DTYPES}[args.format]
-    dtype = args.dtype or {"hf": "float32", "gguf": "f16"}[args.format]
-    if dtype not in allowed:
-        raise ValueError(f"--dtype {dtype} does not fit --format {args.format}; choose one of {', '.join(allowed)}")
+    dtype = exporter.check_dtype(args.format, args.dtype)
     ckpt = resolve_checkpoint(args.checkpoint, args.out_dir)
-    if args.format == "gguf":
-        out = export_gguf(ckpt, Path(args.dir), dtype=dtype)
-        console.print(f"exported {ckpt.path} (step {ckpt.step}) to [bold]{out}[/] ({dtype}, "
-                      f"{out.stat().st_size / 2**20:.1f} MiB). llama.cpp: llama-cli -m {out}   "
-                      f"Ollama: cd {out.parent} && ollama create NAME -f Modelfile && ollama run NAME", highlight=False)
-        return 0
-    out = export_hf(ckpt, Path(args.dir), dtype=dtype)
-    console.print(f"exported {ckpt.path} (step {ckpt.step}) to [bold]{out}[/]: load it with "
-                  f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    out = exporter.write(ckpt, args.format, dtype, Path(args.dir))
+    console.print(f"exported {ckpt.path} (step {ckpt.step}) to [bold]{out}[/] ({dtype}, {exporter.mib(out)}): "
+                  f"{exporter.how_to_use(args.format, out, exporter.ollama_name(out.parent))}", highlight=False)
     return 0
 
 

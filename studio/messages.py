@@ -16,6 +16,7 @@ from engine.runs import RunSummary
 from studio.run_watch import RunSnapshot
 
 if TYPE_CHECKING:
+    from studio.exporter import ExportRequest, ExportResult
     from studio.launcher import LaunchEstimate
 
 
@@ -74,6 +75,21 @@ class LaunchDone(Message):
     """The launcher returned the new run's directory."""
 
     run_dir: Path
+
+
+@dataclass
+class ExportDone(Message):
+    """A checkpoint was written in the format the export dialog asked for."""
+
+    result: ExportResult
+
+
+@dataclass
+class ExportFailed(Message):
+    """The export was refused or failed (an MoE checkpoint, a tokenizer GGUF cannot hold...): one paragraph."""
+
+    request: ExportRequest
+    message: str
 
 
 @dataclass

@@ -24,7 +24,7 @@ from engine.config import Preset
 from engine.estimate import Target, device_peak
 from studio import launcher
 from studio.messages import EstimateFailed, EstimateReady
-from studio.widgets.pane import describe_error
+from studio.widgets.pane import one_paragraph
 
 TargetCache = dict[tuple[str, str], Target]  # launcher.target_key -> the device detect_target found
 
@@ -53,11 +53,6 @@ def headline(result: launcher.LaunchEstimate) -> str:
     stages = ", ".join(f"{stage.stage} needs about {human_bytes(device_peak(stage.memory, target))}"
                        for stage in result.misfits)
     return f"✗ Does not fit in {target_line(target)}: {stages}."
-
-
-def one_paragraph(error: BaseException) -> str:
-    """The error as one paragraph: a user-facing message joined onto one line, never a traceback."""
-    return " ".join(describe_error(error).split())
 
 
 class LaunchModal(ModalScreen[bool]):

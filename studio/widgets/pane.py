@@ -26,6 +26,11 @@ def describe_error(error: BaseException) -> str:
     return text
 
 
+def one_paragraph(error: BaseException) -> str:
+    """The error as one paragraph: a user-facing message joined onto one line, never a traceback."""
+    return " ".join(describe_error(error).split())
+
+
 class Pane(Vertical):
     """A tab's content. Subclasses name their first focus target with DEFAULT_FOCUS (a selector)."""
 

@@ -2,6 +2,8 @@
 
 Runs started from the CLI appear the same way: the table is rebuilt from the run directories (a
 thread worker scans them every poll interval and posts `RunsScanned`), never from studio memory.
+`x` exports a checkpoint of the run under the cursor (studio/screens/export_modal.py), one export at
+a time, in a thread worker: the engine's export modules import torch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
+from textual.worker import Worker
 
 from engine.runs import (
     LIVE_STATES,
@@ -23,13 +26,17 @@ from engine.runs import (
     read_status,
     request_stop,
 )
-from studio import launcher
-from studio.messages import OpenRuns, RunsScanned
+from studio import exporter, launcher
+from studio.checkpoint_list import list_checkpoint_choices
+from studio.exporter import ExportRequest
+from studio.messages import ExportDone, ExportFailed, OpenRuns, RunsScanned
 from studio.paths import display_path
 from studio.run_rows import scan_runs
 from studio.runs_table import COLUMNS, STATE_STYLE, row_cells
 from studio.screens.confirm_modal import ConfirmModal
-from studio.widgets.pane import Pane
+from studio.screens.error_modal import ErrorModal
+from studio.screens.export_modal import ExportModal
+from studio.widgets.pane import Pane, one_paragraph
 
 MARK = "● "
 
@@ -43,6 +50,7 @@ class RunsPane(Pane):
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
         Binding("d", "delete", "Delete"),
+        Binding("x", "export", "Export"),
         Binding("n", "new", "New run"),
     ]
 
@@ -50,6 +58,7 @@ class RunsPane(Pane):
         super().__init__(**kwargs)
         self.rows: dict[str, RunSummary] = {}
         self.marked: set[Path] = set()
+        self.exporting: ExportRequest | None = None  # the export under way; one at a time
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
@@ -117,6 +126,8 @@ class RunsPane(Pane):
         text = f"{len(self.rows)} runs, {live} live, in {display_path(self.app.runs_dir)}/"  # type: ignore[attr-defined]
         if self.marked:
             text += f" · {len(self.marked)} marked (c: compare)"
+        if self.exporting:
+            text += f" · exporting to {display_path(self.exporting.out_dir)}/…"
         if not self.rows:
             text = f"no runs under {display_path(self.app.runs_dir)}/ yet · n: pick a preset and launch it · ctrl+t: start tiny"  # type: ignore[attr-defined]
         self.query_one("#runs-hint", Static).update(text)
@@ -226,3 +237,55 @@ class RunsPane(Pane):
 
     def action_new(self) -> None:
         self.app.action_show_tab("presets")  # type: ignore[attr-defined]
+
+    # ---- export
+
+    def action_export(self) -> None:
+        row = self.current()
+        if row is None:
+            return
+        if self.exporting:
+            self.notify(f"already exporting to {display_path(self.exporting.out_dir)}/: wait for it to finish",
+                        severity="warning", markup=False)
+            return
+        choices = [c for c in list_checkpoint_choices(self.app.runs_dir) if c.run_id == row.run_id]  # type: ignore[attr-defined]
+        if not choices:
+            self.notify(f"{row.run_id} has no complete checkpoint yet", severity="warning", markup=False)
+            return
+        self.app.push_screen(ExportModal(row.run_id, choices), self._start_export)
+
+    def _start_export(self, request: ExportRequest | None) -> None:
+        if request is None or self.exporting:
+            return
+        self.exporting = request
+        self._hint()
+        self._export(request)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs-export", name="export")
+    def _export(self, request: ExportRequest) -> None:
+        try:
+            result = exporter.run(request)
+        except Exception as error:  # noqa: BLE001 - a refusal or a failure: the user gets a paragraph, not a crash
+            self.post_message(ExportFailed(request, one_paragraph(error)))
+            return
+        self.post_message(ExportDone(result))
+
+    def on_export_done(self, message: ExportDone) -> None:
+        result = message.result
+        self.exporting = None
+        self._hint()
+        shown = display_path(result.written)
+        name = exporter.ollama_name(result.request.out_dir)
+        self.notify(f"{result.request.label} → {shown} ({result.request.dtype}, {result.size})\n"
+                    f"{exporter.how_to_use(result.request.fmt, shown, name)}",
+                    title="exported", timeout=30, markup=False)
+
+    def worker_failed(self, worker: Worker) -> None:
+        if worker.group == "runs-export":  # it raised past its own except (a bug): allow the next export
+            self.exporting = None
+            self._hint()
+
+    def on_export_failed(self, message: ExportFailed) -> None:
+        self.exporting = None
+        self._hint()
+        self.app.push_screen(ErrorModal(f"export of {message.request.label} failed", message.message))
