@@ -17,8 +17,8 @@ from bench.train import ROOT, SHAPES, build, publish
 
 # Op name fragments -> kind, first match wins (profiler names are "aten::mm", "aten::_softmax", ...).
 KINDS = [
-    ("attention", ("scaled_dot_product", "softmax_backward", "_softmax", "masked_fill", "bmm")),
     ("loss", ("logsumexp", "log_softmax", "nll_loss", "amax", "exp", "scatter", "gather")),
+    ("attention", ("scaled_dot_product", "softmax_backward", "_softmax", "masked_fill", "bmm")),
     ("matmul", ("aten::mm", "addmm", "aten::matmul")),
     ("casts/copies", ("copy_", "_to_copy", "clone", "contiguous")),
     ("optimizer", ("adam",)),

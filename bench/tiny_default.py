@@ -33,6 +33,7 @@ def run_variant(overrides: list[str]) -> dict:
             raise RuntimeError(f"{' '.join(overrides) or 'as shipped'} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         (run_dir,) = (Path(work) / "runs").glob("*-tiny")
         events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        by_kind = json.loads((run_dir / "heldout_sft.json").read_text())["by_kind"]
     ends = {e["stage"]: e for e in events if e["kind"] == "stage_end"}
     starts = {e["stage"]: e for e in events if e["kind"] == "stage_start"}
     heldout = [e for e in events if e["kind"] == "eval" and e.get("heldout_total")][-1]
@@ -40,6 +41,7 @@ def run_variant(overrides: list[str]) -> dict:
         "overrides": overrides, "wall_s": wall,
         "pretrain_s": ends["pretrain"]["seconds"], "sft_s": ends["sft"]["seconds"],
         "train_s": ends["pretrain"]["seconds"] + ends["sft"]["seconds"],
+        "by_kind": {kind: f"{v['correct']}/{v['total']}" for kind, v in by_kind.items()},
         "accuracy": heldout["heldout_accuracy"], "correct": heldout["heldout_correct"], "total": heldout["heldout_total"],
         "dtype": starts["pretrain"].get("dtype"), "attention": starts["pretrain"].get("attention"),
         "compile": starts["pretrain"].get("compile_mode"),
@@ -60,12 +62,13 @@ def main() -> int:
         print(json.dumps(result), flush=True)
     from engine.cpu import describe_cpu
 
-    lines = ["| overrides | dtype | attention | compile | pretrain s | sft s | training s | wall s | held-out exact match |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| overrides | dtype | attention | compile | pretrain s | sft s | training s | wall s | held-out exact match | by kind |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {' '.join(r['overrides']) or 'as shipped'} | {r['dtype']} | {r['attention']} | {r['compile']} | "
                      f"{r['pretrain_s']:.1f} | {r['sft_s']:.1f} | {r['train_s']:.1f} | {r['wall_s']:.1f} | "
-                     f"{r['accuracy']:.1%} ({r['correct']}/{r['total']}) |")
+                     f"{r['accuracy']:.1%} ({r['correct']}/{r['total']}) | "
+                     f"{', '.join(f'{k} {v}' for k, v in r['by_kind'].items())} |")
     publish(f"The tiny default on {describe_cpu()}",
             "`minimind-studio run presets/tiny.toml` in a fresh directory per row (tokenizer, pretrain, SFT, held-out "
             "scoring); training seconds from the stage_end events, wall time includes start-up and scoring.\n\n"
