@@ -26,7 +26,8 @@ class PretrainBlocks(torch.utils.data.Dataset):
         self.cache, self.seq_len = cache, seq_len
         self.n_blocks = max(0, (cache.n_tokens - 1) // seq_len)
         if self.n_blocks == 0:
-            raise ValueError(f"the corpus has {cache.n_tokens} tokens, too few for one block of {seq_len}; lower max_seq_len")
+            raise ValueError(f"the corpus has {cache.n_tokens} tokens, too few for one block of {seq_len}; "
+                             "lower pretrain.max_seq_len or add data to pretrain.data_path")
 
     def __len__(self) -> int:
         return self.n_blocks

@@ -170,9 +170,11 @@ class TokenizerStage(_Section):
     """Stage 1: train a ByteLevel BPE tokenizer, or adopt an existing Hugging Face tokenizer directory."""
 
     data_path: str = "dataset/pretrain.jsonl"
-    """jsonl corpus ({"text": ...} per line) to train on."""
+    """jsonl corpus ({"text": ...} per line) to train on. When adopting (from_dir) it only measures
+    characters per token, and may be absent."""
     from_dir: str | None = None
-    """An existing HF tokenizer directory to use instead of training one (e.g. minimind's)."""
+    """An existing HF tokenizer directory to use instead of training one (e.g. minimind's model/ folder);
+    its chat template is kept."""
     heldout_lines: int = Field(200, ge=0)
     """Last lines of the corpus kept out of training and used to report characters per token."""
     max_train_chars: int | None = Field(None, ge=1)

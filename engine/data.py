@@ -1,8 +1,8 @@
-"""Training data on disk: line-numbered jsonl readers, SFT loss masks, and the pre-tokenized cache.
+"""Training data on disk: line-numbered jsonl readers and the pre-tokenized cache.
 
 The flow is jsonl -> `build_token_cache` (tokenize once, stream to a flat token file keyed by the file's
-content and the tokenizer) -> `TokenCache` (memory-mapped) -> engine.blocks (fixed-shape training blocks
-and the resumable sampler).
+content and the tokenizer; SFT records are checked by engine.messages and masked by engine.sft_mask) ->
+`TokenCache` (memory-mapped) -> engine.blocks (fixed-shape training blocks and the resumable sampler).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +21,19 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.atomic import fsync_dir, write_json_atomic
+from engine.messages import Conversation, RecordProblem, parse_conversation
+from engine.sft_mask import SpanFinder, encode_with_masks, tokenizer_render
 
 Kind = Literal["pretrain", "sft"]
-ROLES = ("system", "user", "assistant")
 # Bump when the cache layout or the tokenization rules change, so old caches are not reused.
-CACHE_FORMAT_VERSION = 1
+# 2: the full message schema (tools, tool calls, reasoning, tool results) and meaning-based SFT masks.
+CACHE_FORMAT_VERSION = 2
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (torch cross_entropy default)
-_SKIP_HINT = 'Fix or delete that line, or set on_bad_line = "skip" to skip bad lines and count them'
+
+
+def skip_hint(setting: str) -> str:
+    """What to do about a bad line, naming the preset field (e.g. sft.on_bad_line) that changes it."""
+    return f'Fix or delete that line, or set {setting} = "skip" to skip bad lines and count them'
 
 
 class DataFormatError(ValueError):
@@ -56,34 +62,31 @@ class ReadStats:
 # Reading jsonl
 
 
-def record_problem(obj: Any, kind: Kind) -> str | None:
-    """Why a parsed line is not a usable `kind` record, or None when it is. Extra keys are allowed."""
+def parse_record(obj: Any, kind: Kind) -> Any:
+    """The usable part of a parsed line: the text of a pretrain record, the engine.messages Conversation of
+    an SFT one (roles, tools, tool calls, reasoning checked and decoded). RecordProblem says why not.
+    Extra keys are allowed."""
+    if kind == "sft":
+        return parse_conversation(obj)
     if not isinstance(obj, dict):
-        return f"expected a JSON object, got {type(obj).__name__}"
-    if kind == "pretrain":
-        if "text" not in obj:
-            return 'missing key "text" (pretrain lines look like {"text": "..."})'
-        if not isinstance(obj["text"], str):
-            return f'"text" must be a string, got {type(obj["text"]).__name__}'
-        return None
-    conv = obj.get("conversations")
-    if conv is None:
-        return 'missing key "conversations" (SFT lines look like {"conversations": [{"role": ..., "content": ...}]})'
-    if not isinstance(conv, list) or not conv:
-        return '"conversations" must be a non-empty list of messages'
-    for i, msg in enumerate(conv):
-        if not isinstance(msg, dict):
-            return f"message {i} is not an object"
-        if msg.get("role") not in ROLES:
-            return f"message {i} has role {msg.get('role')!r}; expected one of {', '.join(ROLES)}"
-        if not isinstance(msg.get("content"), str):
-            return f'message {i} needs a string "content"'
-    if not any(msg["role"] == "assistant" for msg in conv):
-        return "the conversation has no assistant turn, so there is nothing to learn from it"
-    return None
+        raise RecordProblem(f"expected a JSON object, got {type(obj).__name__}")
+    if "text" not in obj:
+        raise RecordProblem('missing key "text" (pretrain lines look like {"text": "..."})')
+    if not isinstance(obj["text"], str):
+        raise RecordProblem(f'"text" must be a string, got {type(obj["text"]).__name__}')
+    return obj["text"]
 
 
 def iter_jsonl(
+    path: str | Path, kind: Kind, on_bad_line: Literal["error", "skip"] = "error", stats: ReadStats | None = None,
+    **window: Any,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_no, record) of the usable lines; `window` is iter_parsed's start_line / stop_line / setting."""
+    for line_no, obj, _ in iter_parsed(path, kind, on_bad_line, stats, **window):
+        yield line_no, obj
+
+
+def iter_parsed(
     path: str | Path,
     kind: Kind,
     on_bad_line: Literal["error", "skip"] = "error",
@@ -91,13 +94,17 @@ def iter_jsonl(
     *,
     start_line: int = 1,
     stop_line: int | None = None,
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_no, record) for lines start_line <= line_no < stop_line (1-based, physical lines).
+    setting: str | None = None,
+) -> Iterator[tuple[int, dict[str, Any], Any]]:
+    """Yield (line_no, record, parse_record's result) for lines start_line <= line_no < stop_line (1-based,
+    physical lines); the cache uses the parsed part, so SFT lines are checked and decoded only once.
 
-    Blank lines are ignored. A bad line raises DataFormatError("file:line: ...") or, with
-    on_bad_line="skip", is counted in `stats` and skipped. Lines outside the range are not parsed.
+    Blank lines are ignored. A bad line raises DataFormatError("file:line: ...") naming `setting` (the
+    preset field holding on_bad_line, default "<kind>.on_bad_line") or, with on_bad_line="skip", is counted
+    in `stats` and skipped. Lines outside the range are not parsed.
     """
     stats = stats if stats is not None else ReadStats()
+    hint = skip_hint(setting or f"{kind}.on_bad_line")
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if stop_line is not None and line_no >= stop_line:
@@ -107,81 +114,21 @@ def iter_jsonl(
             stats.lines += 1
             try:
                 obj = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
-                problem = record_problem(obj, kind)
+                parsed = parse_record(obj, kind)
             except UnicodeDecodeError:
                 problem = "not valid UTF-8"
             except json.JSONDecodeError as error:
                 problem = f"not valid JSON ({error.msg} at column {error.colno})"
-            if problem is None:
+            except RecordProblem as error:
+                problem = str(error)
+            else:
                 stats.records += 1
-                yield line_no, obj
-            elif on_bad_line == "skip":
+                yield line_no, obj, parsed
+                continue
+            if on_bad_line == "skip":
                 stats.skip(line_no, problem)
             else:
-                raise DataFormatError(f"{path}:{line_no}: {problem}. {_SKIP_HINT}.")
-
-
-def clean_messages(conversation: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Only role and content reach the chat template: extra keys (reasoning_content, tool_calls...) are ignored."""
-    return [{"role": m["role"], "content": m["content"]} for m in conversation]
-
-
-# --------------------------------------------------------------------------------------------
-# SFT loss masks (pure given a render function)
-
-
-def assistant_char_spans(
-    messages: list[dict[str, str]], render: Callable[[list[dict[str, str]], bool], str], eos: str | None
-) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the character spans the model must learn to produce.
-
-    Derived from the template itself, so it works for any chat format: assistant turn i spans from the
-    end of render(msgs[:i], generation_prompt) to the end of render(msgs[:i+1]) minus trailing whitespace
-    (which keeps the end-of-turn token, drops the newline after it). Templates whose prefixes are not
-    stable (e.g. they rewrite earlier turns) fall back to locating each content string plus `eos`.
-    """
-    full = render(messages, False)
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
-            continue
-        span = None
-        try:
-            prefix = render(messages[:i], True)
-            turn = full if i == len(messages) - 1 else render(messages[: i + 1], False)  # one render saved
-            end = len(turn.rstrip())
-            if full.startswith(turn) and turn.startswith(prefix) and cursor <= len(prefix) < end:
-                span = (len(prefix), end)
-        except Exception:  # a template may refuse a prefix (e.g. messages[0] on an empty list)
-            span = None
-        if span is None:
-            try:  # the turn starts after the rendered history, so a user quoting the answer is not matched
-                history = render(messages[:i], False)
-                cursor = max(cursor, len(history)) if full.startswith(history) else cursor
-            except Exception:
-                pass
-            start = full.find(msg["content"] + (eos or ""), cursor)
-            start = start if start >= 0 else full.find(msg["content"], cursor)
-            if start < 0:
-                raise ValueError("cannot locate an assistant turn in the chat template's rendering")
-            end = start + len(msg["content"])
-            if eos and full.startswith(eos, end):
-                end += len(eos)
-            span = (start, end)
-        spans.append(span)
-        cursor = span[1]
-    return full, spans
-
-
-def mask_from_offsets(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    """uint8 mask: 1 for tokens whose (non-empty) character span lies inside one of `spans`."""
-    mask = np.zeros(len(offsets), dtype=np.uint8)
-    if len(offsets):
-        starts, ends = offsets[:, 0], offsets[:, 1]
-        for a, b in spans:
-            mask |= ((starts >= a) & (ends <= b) & (ends > starts)).astype(np.uint8)
-    return mask
+                raise DataFormatError(f"{path}:{line_no}: {problem}. {hint}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,17 +196,19 @@ def build_token_cache(
     cache_dir: str | Path,
     on_bad_line: Literal["error", "skip"] = "error",
     batch_size: int = 1000,
+    stage: str | None = None,
 ) -> TokenCache:
     """Tokenize `data_path` once into cache_dir/<key>/; later calls with the same content and tokenizer reuse it.
 
     pretrain documents are <bos> text <eos>; SFT documents are the chat template's rendering with a loss
-    mask on the assistant's tokens. The cache is built in a temporary folder and renamed into place with
-    meta.json inside, so a crash never leaves a folder that looks complete.
+    mask on what the assistant generates (engine.sft_mask). The cache is built in a temporary folder and
+    renamed into place with meta.json inside, so a crash never leaves a folder that looks complete. Errors
+    name the fields of preset section `stage` (default: `kind`, which is also the stage's name).
     """
     # Imported here because engine.tokenizer reads jsonl through this module.
     from engine.tokenizer import load_tokenizer, tokenizer_fingerprint
 
-    data_path, cache_dir = Path(data_path), Path(cache_dir)
+    data_path, cache_dir, stage = Path(data_path), Path(cache_dir), stage or kind
     key = cache_key(file_digest(data_path), tokenizer_fingerprint(tokenizer_dir), kind)
     final = cache_dir / key
     if (final / "meta.json").exists():
@@ -267,7 +216,7 @@ def build_token_cache(
         skipped = cache.meta["stats"]["skipped_examples"]
         if on_bad_line == "error" and skipped:  # built earlier in skip mode; do not hide the bad lines now
             line_no, reason = skipped[0]
-            raise DataFormatError(f"{data_path}:{line_no}: {reason}. {_SKIP_HINT}.")
+            raise DataFormatError(f"{data_path}:{line_no}: {reason}. {skip_hint(f'{stage}.on_bad_line')}.")
         return cache
 
     started = time.perf_counter()
@@ -278,7 +227,7 @@ def build_token_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        meta = _write_cache(tmp, data_path, tokenizer, kind, on_bad_line, batch_size)
+        meta = _write_cache(tmp, data_path, tokenizer, kind, on_bad_line, batch_size, stage)
         meta.update(tokenizer_dir=str(Path(tokenizer_dir).resolve()), build_seconds=round(time.perf_counter() - started, 3))
         write_json_atomic(tmp / "meta.json", meta)  # last: its presence is what "complete" means
     except BaseException:
@@ -308,20 +257,23 @@ def _remove_stale_tmp(cache_dir: Path, key: str) -> None:
 
 
 def _write_cache(
-    tmp: Path, data_path: Path, tokenizer: Any, kind: Kind, on_bad_line: Literal["error", "skip"], batch_size: int
+    tmp: Path, data_path: Path, tokenizer: Any, kind: Kind, on_bad_line: Literal["error", "skip"], batch_size: int,
+    stage: str,
 ) -> dict[str, Any]:
     """Stream-tokenize into tmp/ (tokens.bin, mask.bin for SFT, offsets.npy); memory is bounded by one batch."""
+    finder = SpanFinder(tokenizer_render(tokenizer)) if kind == "sft" else None  # probes the template once
     vocab = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
     stats = ReadStats()
     offsets = array("q", [0])  # 8 bytes per document, not a Python int object each
     n_masked = 0
     with open(tmp / "tokens.bin", "wb") as tok_out, open(tmp / "mask.bin", "wb") as mask_out:
-        for batch in _batched(iter_jsonl(data_path, kind, on_bad_line, stats), batch_size):
-            if kind == "pretrain":
-                docs = _encode_pretrain(tokenizer, [rec["text"] for _, rec in batch])
+        records = iter_parsed(data_path, kind, on_bad_line, stats, setting=f"{stage}.on_bad_line")
+        for batch in _batched(records, batch_size):
+            if finder is None:
+                docs = _encode_pretrain(tokenizer, [text for _, _, text in batch])
             else:
-                docs = _encode_sft(tokenizer, batch, data_path)
+                docs = _encode_sft(tokenizer, finder, batch, data_path)
             for ids, mask in docs:
                 tok_out.write(np.asarray(ids, dtype=dtype).tobytes())
                 if mask is not None:
@@ -336,7 +288,7 @@ def _write_cache(
     if stats.records == 0:
         raise DataFormatError(
             f"{data_path}:1: no usable {kind} records ({stats.lines} non-blank lines, {stats.skipped} skipped). "
-            f"Point data_path at a {kind} jsonl file."
+            f"Point {stage}.data_path at a {kind} jsonl file."
         )
     np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
     return {
@@ -375,24 +327,19 @@ def _encode_pretrain(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], 
     return [(bos + enc.ids + eos, None) for enc in encodings]
 
 
-def _encode_sft(tokenizer: Any, batch: list[tuple[int, dict]], path: Path) -> list[tuple[list[int], np.ndarray]]:
-    def render(msgs: list[dict[str, str]], gen: bool) -> str:
-        if not msgs:
-            return ""
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-
+def _encode_sft(
+    tokenizer: Any, finder: SpanFinder, batch: list[tuple[int, dict, Conversation]], path: Path
+) -> list[tuple[list[int], np.ndarray]]:
+    """One render per conversation through the tokenizer's template, the loss mask from character offsets."""
     texts, spans = [], []
-    for line_no, rec in batch:
+    for line_no, _, conv in batch:
         try:
-            full, turn_spans = assistant_char_spans(clean_messages(rec["conversations"]), render, tokenizer.eos_token)
+            full, turn_spans = finder(conv)
         except ValueError as error:
-            raise DataFormatError(f"{path}:{line_no}: {error}. Check the tokenizer's chat_template.") from None
+            raise DataFormatError(
+                f"{path}:{line_no}: {error}. Check the chat_template in the tokenizer's tokenizer_config.json "
+                "(tokenizer.from_dir when it was adopted)."
+            ) from None
         texts.append(full)
         spans.append(turn_spans)
-    # The template already contains the special tokens, so the backend must not add any.
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-    out = []
-    for enc, turn_spans in zip(encodings, spans):
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        out.append((enc.ids, mask_from_offsets(offsets, turn_spans)))
-    return out
+    return encode_with_masks(tokenizer, texts, spans)

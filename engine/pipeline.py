@@ -150,9 +150,16 @@ def preflight(preset: Preset, source: str) -> None:
         return PresetError(f"{source}: {field} = {value!r}: {what}. Fix the path in the preset or with --set {field}=...")
 
     if "tokenizer" in preset.stages or preset.tokenizer.from_dir:
-        if preset.tokenizer.from_dir and not (resolve_path(preset.tokenizer.from_dir) / "tokenizer.json").is_file():
-            raise missing("tokenizer.from_dir", preset.tokenizer.from_dir, "no tokenizer.json there")
-        if not preset.tokenizer.from_dir and not resolve_path(preset.tokenizer.data_path).is_file():
+        # Adopting opens only the folder (tokenizer.data_path, when there, just measures chars/token);
+        # training opens tokenizer.data_path.
+        if preset.tokenizer.from_dir:
+            from engine.tokenizer import TOKENIZER_FILES
+
+            folder = resolve_path(preset.tokenizer.from_dir)
+            if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+                what = "no tokenizer files there (tokenizer.json, tokenizer_config.json...)" if folder.is_dir() else "folder not found"
+                raise missing("tokenizer.from_dir", preset.tokenizer.from_dir, what)
+        elif not resolve_path(preset.tokenizer.data_path).is_file():
             raise missing("tokenizer.data_path", preset.tokenizer.data_path, "file not found")
     for stage in (s for s in preset.stages if s != "tokenizer"):
         cfg = preset.stage(stage)

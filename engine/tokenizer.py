@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.atomic import fsync_dir, write_json_atomic, write_text_atomic
 from engine.data import DataFormatError, ReadStats, iter_jsonl
+from engine.sft_mask import tokenizer_render
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2, in this order
 UNK, BOS, EOS = SPECIAL_TOKENS
@@ -33,12 +34,44 @@ _FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.
 
 
 def chat_template_for(bos: str, eos: str) -> str:
-    """A ChatML-like template: each message is `{bos}{role}\\n{content}{eos}\\n`. Extra message keys are ignored."""
+    """The built-in chat template: every message is `{bos}{role}\\n{body}{eos}\\n`, roles as in the data.
+
+    - tools (apply_chat_template's tools=) open a system turn: the system prompt, a blank line, then
+      `# Tools`, `<tools>`, one JSON spec per line, `</tools>`.
+    - an assistant body is `<think>\\n{reasoning}\\n</think>\\n` (only when reasoning_content is given), the
+      content, then each call as `<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`, a newline
+      between pieces. OpenAI's {"function": {...}} wrapping is unwrapped; string arguments are kept as written.
+    - a tool result is its own turn, role `tool`. The generation prompt is `{bos}assistant\\n`.
+    Plain chats render exactly as before tools existed. Only filters llama.cpp's Jinja also has (tojson).
+    """
     b, e = (token.replace("\\", "\\\\").replace("'", "\\'") for token in (bos, eos))
     return (
+        "{%- if tools -%}"
+        f"{{{{ '{b}system\\n' }}}}"
+        "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] -%}"
+        "{{ messages[0]['content'] + '\\n\\n' }}"
+        "{%- endif -%}"
+        "{{ '# Tools\\n<tools>' }}"
+        "{%- for tool in tools -%}{{ '\\n' + (tool | tojson) }}{%- endfor -%}"
+        f"{{{{ '\\n</tools>{e}\\n' }}}}"
+        "{%- endif -%}"
         "{%- for message in messages -%}"
-        f"{{{{ '{b}' + message['role'] + '\\n' + "
-        f"(message['content'] if message['content'] is string else '') + '{e}\\n' }}}}"
+        "{%- if not (tools and loop.first and message['role'] == 'system') -%}"
+        "{%- set content = message['content'] if message['content'] is string else '' -%}"
+        f"{{{{ '{b}' + message['role'] + '\\n' }}}}"
+        "{%- if message['role'] == 'assistant' and message['reasoning_content'] is string "
+        "and message['reasoning_content'] -%}"
+        "{{ '<think>\\n' + message['reasoning_content'] + '\\n</think>\\n' }}"
+        "{%- endif -%}"
+        "{{ content }}"
+        "{%- for call in (message['tool_calls'] or []) -%}"
+        "{%- set fn = call['function'] if call['function'] else call -%}"
+        "{%- set args = fn['arguments'] or {} -%}"
+        "{{ ('\\n' if (content or not loop.first) else '') + '<tool_call>\\n{\"name\": ' + (fn['name'] | tojson)"
+        " + ', \"arguments\": ' + (args if args is string else (args | tojson)) + '}\\n</tool_call>' }}"
+        "{%- endfor -%}"
+        f"{{{{ '{e}\\n' }}}}"
+        "{%- endif -%}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{ '{b}assistant\\n' }}}}{{%- endif -%}}"
     )
@@ -153,7 +186,7 @@ def train_tokenizer(
     """Train ByteLevel BPE on the {"text": ...} lines of `data_path`, streamed, keeping the last lines out."""
     data_path, out_dir = Path(data_path), Path(out_dir)
     if vocab_size < len(SPECIAL_TOKENS) + 256:
-        raise ValueError(f"vocab_size {vocab_size} is below {len(SPECIAL_TOKENS) + 256} (3 special tokens + 256 bytes)")
+        raise ValueError(f"model.vocab_size {vocab_size} is below {len(SPECIAL_TOKENS) + 256} (3 special tokens + 256 bytes)")
     # Never hold out more than a tenth: a small corpus must still leave most of itself to train on.
     start_line, n_heldout = _heldout_start(data_path, heldout_lines, max_fraction=0.1)
     stats = ReadStats()
@@ -161,7 +194,8 @@ def train_tokenizer(
 
     def stream(batch_size: int = 1000) -> Iterator[list[str]]:
         batch: list[str] = []
-        for _, rec in iter_jsonl(data_path, "pretrain", on_bad_line, stats, stop_line=start_line):
+        for _, rec in iter_jsonl(data_path, "pretrain", on_bad_line, stats, stop_line=start_line,
+                                 setting="tokenizer.on_bad_line"):
             batch.append(rec["text"])
             report.train_lines += 1
             report.train_chars += len(rec["text"])
@@ -187,7 +221,7 @@ def train_tokenizer(
     report.train_seconds = round(time.perf_counter() - started, 3)
     report.skipped_lines = stats.skipped
     if report.train_lines == 0:
-        raise DataFormatError(f"{data_path}:1: no text to train the tokenizer on. Point data_path at a pretrain jsonl file.")
+        raise DataFormatError(f"{data_path}:1: no text to train the tokenizer on. Point tokenizer.data_path at a pretrain jsonl file.")
     for expected, token in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(token) != expected:
             raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)}, expected {expected}")
@@ -205,11 +239,16 @@ def train_tokenizer(
 def adopt_tokenizer(
     src_dir: Path, out_dir: Path, heldout_path: Path | None = None, heldout_lines: int = 200
 ) -> TokenizerReport:
-    """Use an existing HF tokenizer directory (e.g. minimind's): copy its tokenizer files and check them."""
+    """Use an existing HF tokenizer directory (e.g. minimind's): copy its tokenizer files and check them.
+
+    Only the folder is needed. chars/token is measured on the last lines of `heldout_path` (the preset's
+    tokenizer.data_path) when that file is there; otherwise the report says it was skipped.
+    """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     present = [name for name in TOKENIZER_FILES if (src_dir / name).is_file()]
     if not present:
-        raise ValueError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); point from_dir at a tokenizer directory")
+        raise ValueError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); point tokenizer.from_dir "
+                         "at a tokenizer directory")
     tmp = _fresh_tmp(out_dir)
     for name in present:
         shutil.copyfile(src_dir / name, tmp / name)
@@ -227,9 +266,14 @@ def adopt_tokenizer(
     _publish(tmp, out_dir)
     loaded = load_tokenizer(out_dir)
     report.vocab_size = len(loaded)
-    if heldout_path is not None:
-        start_line, report.heldout_lines = _heldout_start(Path(heldout_path), heldout_lines)
-        _measure(loaded, Path(heldout_path), start_line, report)
+    if heldout_path is None or not Path(heldout_path).is_file():
+        where = f" ({heldout_path} is not there)" if heldout_path is not None else ""
+        report.notes.append(f"chars/token not measured: no tokenizer.data_path file to measure on{where}")
+        return report
+    start_line, report.heldout_lines = _heldout_start(Path(heldout_path), heldout_lines)
+    _measure(loaded, Path(heldout_path), start_line, report)
+    if not report.heldout_tokens:
+        report.notes.append(f'chars/token not measured: no {{"text": ...}} lines at the end of {heldout_path}')
     return report
 
 
@@ -267,6 +311,9 @@ def tokenizer_fingerprint(directory: str | Path) -> str:
     return digest.hexdigest()
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-    """The conversation as text through the tokenizer's own chat template."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """The conversation as text through the tokenizer's own chat template (tool specs as tools=, as minimind does)."""
+    return tokenizer_render(tokenizer)(messages, tools, add_generation_prompt)

@@ -71,26 +71,27 @@ def scan_file(path: Path, kind: str | None = None, keep: int = BROWSE_RECORDS) -
                       list(stats.skipped_examples), sample)
 
 
-def default_render() -> Callable[[list[dict[str, str]], bool], str]:
-    """The built-in chat template rendered with jinja2 directly (no transformers import needed to browse)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def default_render() -> Callable[[list[dict[str, Any]], list[dict[str, Any]] | None, bool], str]:
+    """The built-in chat template through jinja2 set up as transformers does (no transformers import to browse)."""
+    from engine.sft_mask import template_render
+    from engine.tokenizer import BOS, CHAT_TEMPLATE, EOS
 
-    from engine.tokenizer import CHAT_TEMPLATE
-
-    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)
-    return lambda messages, generation: template.render(messages=messages, add_generation_prompt=generation)
+    return template_render(CHAT_TEMPLATE, bos_token=BOS, eos_token=EOS)
 
 
 def render_record(record: dict[str, Any], kind: str, render: Callable | None = None, bos: str = "<s>", eos: str = "</s>") -> Text:
-    """The record as the model sees it, with the trained characters highlighted."""
-    from engine.data import assistant_char_spans, clean_messages
+    """The record as the model sees it, with the trained characters highlighted.
+
+    `render(messages, tools, add_generation_prompt)` is the run's template (default: the built-in one).
+    """
+    from engine.messages import parse_conversation
+    from engine.sft_mask import SpanFinder
 
     if kind == "pretrain":
         text = Text(bos + record.get("text", "") + eos)
         text.stylize(MASK_STYLE)
         return text
-    render = render or default_render()
-    full, spans = assistant_char_spans(clean_messages(record["conversations"]), render, eos)
+    full, spans = SpanFinder(render or default_render())(parse_conversation(record))
     text = Text(full)
     for start, end in spans:
         text.stylize(MASK_STYLE, start, end)
@@ -98,14 +99,15 @@ def render_record(record: dict[str, Any], kind: str, render: Callable | None = N
 
 
 def token_lengths(tokenizer: Any, records: list[dict[str, Any]], kind: str) -> list[int]:
-    from engine.data import clean_messages
-    from engine.tokenizer import render_chat
+    from engine.messages import parse_conversation
+    from engine.sft_mask import tokenizer_render
 
     if kind == "pretrain":
         texts = [r.get("text", "") for r in records]
         extra = 2  # <s> ... </s> around each document
     else:
-        texts = [render_chat(tokenizer, clean_messages(r["conversations"])) for r in records]
+        render = tokenizer_render(tokenizer)
+        texts = [render(conv.messages, conv.tools, False) for conv in map(parse_conversation, records)]
         extra = 0
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     return [len(ids) + extra for ids in encoded]

@@ -107,3 +107,43 @@ def test_a_stopped_reply_keeps_the_partial_turn(trained_run: Path) -> None:
     first = next(stream)
     stream.close()
     assert session.history == [{"role": "user", "content": "1 plus 2?"}, {"role": "assistant", "content": first}]
+
+
+# The built-in format for tools, calls, results and reasoning, as the README documents it.
+TOOL_CHAT = [
+    {"role": "system", "content": "You can call tools.", "tools": '[{"name": "add", "parameters": {"type": "object"}}]'},
+    {"role": "user", "content": "2 plus 3?"},
+    {"role": "assistant", "content": "", "reasoning_content": "use the tool",
+     "tool_calls": '[{"name": "add", "arguments": {"a": 2, "b": 3}}]'},
+    {"role": "tool", "content": "5"},
+    {"role": "assistant", "content": "5"},
+]
+TOOL_CHAT_RENDERED = (
+    "<s>system\nYou can call tools.\n\n# Tools\n<tools>\n"
+    '{"name": "add", "parameters": {"type": "object"}}\n</tools></s>\n'
+    "<s>user\n2 plus 3?</s>\n"
+    '<s>assistant\n<think>\nuse the tool\n</think>\n<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call></s>\n'
+    "<s>tool\n5</s>\n"
+    "<s>assistant\n5</s>\n"
+)
+
+
+def test_exported_tokenizer_renders_tools_calls_results_and_reasoning(trained_run: Path, exported: Path) -> None:
+    """Guards against the documented tool / reasoning format living only in the engine: an exported model
+    must get from AutoTokenizer the same text its SFT cache was rendered from."""
+    from transformers import AutoTokenizer
+
+    from engine.messages import parse_conversation
+    from engine.sft_mask import SpanFinder, tokenizer_render
+    from engine.tokenizer import load_tokenizer
+    from tests.engine.chat_fixtures import RECORDS, minimind_messages
+
+    hf = AutoTokenizer.from_pretrained(exported)
+    engine_render = SpanFinder(tokenizer_render(load_tokenizer(trained_run / "tokenizer")))
+    for record in [{"conversations": TOOL_CHAT}, *RECORDS]:
+        messages, tools = minimind_messages(record)
+        assert hf.apply_chat_template(messages, tools=tools, tokenize=False) == engine_render(parse_conversation(record))[0]
+    messages, tools = minimind_messages({"conversations": TOOL_CHAT})
+    assert hf.apply_chat_template(messages, tools=tools, tokenize=False) == TOOL_CHAT_RENDERED
+    assert hf.apply_chat_template(messages[:2], tools=tools, tokenize=False, add_generation_prompt=True).endswith(
+        "<s>user\n2 plus 3?</s>\n<s>assistant\n")

@@ -96,7 +96,9 @@ def test_autotokenizer_renders_chat_template(trained):
         {"role": "user", "content": "hi", "tools": [{"name": "x"}]},
         {"role": "assistant", "content": "hello", "reasoning_content": "think", "tool_calls": []},
     ]
-    assert render_chat(tok, messages) == "<s>system\nbe brief</s>\n<s>user\nhi</s>\n<s>assistant\nhello</s>\n"
+    # Keys the template does not use (tools on a message, empty tool_calls) change nothing; reasoning shows.
+    assert render_chat(tok, messages) == (
+        "<s>system\nbe brief</s>\n<s>user\nhi</s>\n<s>assistant\n<think>\nthink\n</think>\nhello</s>\n")
     # No bos/eos is silently added around plain text (add_bos_token/add_eos_token false).
     assert tok("hello")["input_ids"] == tok.backend_tokenizer.encode("hello", add_special_tokens=False).ids
 

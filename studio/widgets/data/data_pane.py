@@ -197,10 +197,10 @@ class DataPane(Pane):
         render = None
         bos, eos = "<s>", "</s>"
         if self.tokenizer is not None:
-            from engine.tokenizer import render_chat
+            from engine.sft_mask import tokenizer_render
 
             tok = self.tokenizer
-            render = lambda messages, generation: render_chat(tok, messages, generation)  # noqa: E731
+            render = tokenizer_render(tok)
             bos, eos = tok.bos_token or "", tok.eos_token or ""
         template = "the run's chat template" if render else "the built-in chat template"
         head.update(f"record {self.index + 1}/{len(self.report.records_sample)} (line {line_no}) · "
