@@ -239,7 +239,7 @@ def report_body(sizes: dict, tok: dict, caches: list[dict], hit: dict, args: arg
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrain-mb", type=float, default=100.0)
-    parser.add_argument("--sft-mb", type=float, default=25.0, help="SFT encodes slower (a template render per turn)")
+    parser.add_argument("--sft-mb", type=float, default=25.0, help="SFT encodes slower (a template render and an encode with character offsets per conversation)")
     parser.add_argument("--vocab", type=int, default=6400, help="the tutorial's vocabulary size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="~5 MB pretrain, ~1 MB SFT: a smoke run in seconds")

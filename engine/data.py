@@ -12,17 +12,18 @@ import json
 import os
 import shutil
 import time
-from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from engine.atomic import fsync_dir, write_json_atomic
-from engine.messages import Conversation, RecordProblem, parse_conversation
-from engine.sft_mask import SpanFinder, encode_with_masks, tokenizer_render
+from engine.messages import RecordProblem, parse_conversation
+
+if TYPE_CHECKING:
+    from engine.cache_build import Progress
 
 Kind = Literal["pretrain", "sft"]
 # Bump when the cache layout or the tokenization rules change, so old caches are not reused.
@@ -77,6 +78,20 @@ def parse_record(obj: Any, kind: Kind) -> Any:
     return obj["text"]
 
 
+def parse_line(raw: bytes, kind: Kind, first: bool = False) -> tuple[Any, Any] | str:
+    """(the JSON object, parse_record's result) of one jsonl line, or why it is unusable. `first`: the file's
+    first line, which may start with a UTF-8 byte order mark."""
+    try:
+        obj = json.loads(raw.decode("utf-8-sig" if first else "utf-8"))
+        return obj, parse_record(obj, kind)
+    except UnicodeDecodeError:
+        return "not valid UTF-8"
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error.msg} at column {error.colno})"
+    except RecordProblem as error:
+        return str(error)
+
+
 def iter_jsonl(
     path: str | Path, kind: Kind, on_bad_line: Literal["error", "skip"] = "error", stats: ReadStats | None = None,
     **window: Any,
@@ -112,23 +127,14 @@ def iter_parsed(
             if line_no < start_line or not raw.strip():
                 continue
             stats.lines += 1
-            try:
-                obj = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
-                parsed = parse_record(obj, kind)
-            except UnicodeDecodeError:
-                problem = "not valid UTF-8"
-            except json.JSONDecodeError as error:
-                problem = f"not valid JSON ({error.msg} at column {error.colno})"
-            except RecordProblem as error:
-                problem = str(error)
-            else:
+            got = parse_line(raw, kind, first=line_no == 1)
+            if not isinstance(got, str):
                 stats.records += 1
-                yield line_no, obj, parsed
-                continue
-            if on_bad_line == "skip":
-                stats.skip(line_no, problem)
+                yield line_no, *got
+            elif on_bad_line == "skip":
+                stats.skip(line_no, got)
             else:
-                raise DataFormatError(f"{path}:{line_no}: {problem}. {hint}.")
+                raise DataFormatError(f"{path}:{line_no}: {got}. {hint}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +203,9 @@ def build_token_cache(
     on_bad_line: Literal["error", "skip"] = "error",
     batch_size: int = 1000,
     stage: str | None = None,
+    workers: int | None = None,
+    range_bytes: int | None = None,
+    progress: Progress | None = None,
 ) -> TokenCache:
     """Tokenize `data_path` once into cache_dir/<key>/; later calls with the same content and tokenizer reuse it.
 
@@ -204,8 +213,14 @@ def build_token_cache(
     mask on what the assistant generates (engine.sft_mask). The cache is built in a temporary folder and
     renamed into place with meta.json inside, so a crash never leaves a folder that looks complete. Errors
     name the fields of preset section `stage` (default: `kind`, which is also the stage's name).
+
+    `workers` processes tokenize byte ranges of `range_bytes` in parallel (engine.cache_build; default: all
+    cores but one, one process below 64 MiB; ranges of up to 32 MiB, four per worker at least); the cache is
+    the same bytes for any number of workers.
+    `progress(bytes_done, bytes_total)` is called as the build advances.
     """
-    # Imported here because engine.tokenizer reads jsonl through this module.
+    # Imported here because both modules read jsonl through this one.
+    from engine.cache_build import RangeEncoder, default_workers, write_ranges
     from engine.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     data_path, cache_dir, stage = Path(data_path), Path(cache_dir), stage or kind
@@ -226,9 +241,29 @@ def build_token_cache(
     tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    workers = workers or default_workers(data_path.stat().st_size)
+    vocab = len(tokenizer)
+    dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
+    encoder = RangeEncoder(tokenizer, kind, on_bad_line, skip_hint(f"{stage}.on_bad_line"), dtype, batch_size, data_path)
     try:
-        meta = _write_cache(tmp, data_path, tokenizer, kind, on_bad_line, batch_size, stage)
-        meta.update(tokenizer_dir=str(Path(tokenizer_dir).resolve()), build_seconds=round(time.perf_counter() - started, 3))
+        stats, lengths, n_masked = write_ranges(encoder, tmp, Path(tokenizer_dir), workers, range_bytes, progress)
+        if stats.records == 0:
+            raise DataFormatError(
+                f"{data_path}:1: no usable {kind} records ({stats.lines} non-blank lines, {stats.skipped} skipped). "
+                f"Point {stage}.data_path at a {kind} jsonl file."
+            )
+        if kind == "pretrain":
+            (tmp / "mask.bin").unlink()
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
+        np.save(tmp / "offsets.npy", offsets)
+        meta = {
+            "format_version": CACHE_FORMAT_VERSION, "kind": kind, "source_path": str(data_path.resolve()),
+            "source_bytes": data_path.stat().st_size, "vocab_size": vocab, "dtype": dtype.name, "n_docs": len(lengths),
+            "n_tokens": int(offsets[-1]), "n_loss_tokens": n_masked if kind == "sft" else None, "stats": stats.to_dict(),
+            "tokenizer_dir": str(Path(tokenizer_dir).resolve()), "workers": workers,
+            "build_seconds": round(time.perf_counter() - started, 3),
+        }
         write_json_atomic(tmp / "meta.json", meta)  # last: its presence is what "complete" means
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -254,92 +289,3 @@ def _remove_stale_tmp(cache_dir: Path, key: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         except (ValueError, PermissionError):
             pass
-
-
-def _write_cache(
-    tmp: Path, data_path: Path, tokenizer: Any, kind: Kind, on_bad_line: Literal["error", "skip"], batch_size: int,
-    stage: str,
-) -> dict[str, Any]:
-    """Stream-tokenize into tmp/ (tokens.bin, mask.bin for SFT, offsets.npy); memory is bounded by one batch."""
-    finder = SpanFinder(tokenizer_render(tokenizer)) if kind == "sft" else None  # probes the template once
-    vocab = len(tokenizer)
-    dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
-    stats = ReadStats()
-    offsets = array("q", [0])  # 8 bytes per document, not a Python int object each
-    n_masked = 0
-    with open(tmp / "tokens.bin", "wb") as tok_out, open(tmp / "mask.bin", "wb") as mask_out:
-        records = iter_parsed(data_path, kind, on_bad_line, stats, setting=f"{stage}.on_bad_line")
-        for batch in _batched(records, batch_size):
-            if finder is None:
-                docs = _encode_pretrain(tokenizer, [text for _, _, text in batch])
-            else:
-                docs = _encode_sft(tokenizer, finder, batch, data_path)
-            for ids, mask in docs:
-                tok_out.write(np.asarray(ids, dtype=dtype).tobytes())
-                if mask is not None:
-                    mask_out.write(mask.tobytes())
-                    n_masked += int(mask.sum())
-                offsets.append(offsets[-1] + len(ids))
-        for handle in (tok_out, mask_out):
-            handle.flush()
-            os.fsync(handle.fileno())
-    if kind == "pretrain":
-        (tmp / "mask.bin").unlink()
-    if stats.records == 0:
-        raise DataFormatError(
-            f"{data_path}:1: no usable {kind} records ({stats.lines} non-blank lines, {stats.skipped} skipped). "
-            f"Point {stage}.data_path at a {kind} jsonl file."
-        )
-    np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
-    return {
-        "format_version": CACHE_FORMAT_VERSION,
-        "kind": kind,
-        "source_path": str(data_path.resolve()),
-        "source_bytes": data_path.stat().st_size,
-        "vocab_size": vocab,
-        "dtype": dtype.name,
-        "n_docs": len(offsets) - 1,
-        "n_tokens": int(offsets[-1]),
-        "n_loss_tokens": n_masked if kind == "sft" else None,
-        "stats": stats.to_dict(),
-    }
-
-
-def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _encode_pretrain(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], None]]:
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    # The Rust backend encodes a batch on all cores; add_special_tokens=False because we add bos/eos ourselves.
-    # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which pretraining does not need.
-    backend = tokenizer.backend_tokenizer
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    encodings = encode(texts, add_special_tokens=False)
-    return [(bos + enc.ids + eos, None) for enc in encodings]
-
-
-def _encode_sft(
-    tokenizer: Any, finder: SpanFinder, batch: list[tuple[int, dict, Conversation]], path: Path
-) -> list[tuple[list[int], np.ndarray]]:
-    """One render per conversation through the tokenizer's template, the loss mask from character offsets."""
-    texts, spans = [], []
-    for line_no, _, conv in batch:
-        try:
-            full, turn_spans = finder(conv)
-        except ValueError as error:
-            raise DataFormatError(
-                f"{path}:{line_no}: {error}. Check the chat_template in the tokenizer's tokenizer_config.json "
-                "(tokenizer.from_dir when it was adopted)."
-            ) from None
-        texts.append(full)
-        spans.append(turn_spans)
-    return encode_with_masks(tokenizer, texts, spans)

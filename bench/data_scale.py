@@ -1,0 +1,174 @@
+"""Token cache builds at size, one worker against all cores, side by side in one run (issue 11).
+
+    python -m bench.data_scale [--pretrain-mb 1000] [--sft-mb 300] [--tool-share 0.15] [--quick] [--no-publish]
+
+Generates a minimind-format pretrain file and an SFT file in which about --tool-share of the conversations
+use tools (tool specs on the system message as a JSON string, calls as a JSON string on an empty-content
+assistant turn, a tool result, the final answer) or reasoning (reasoning_content), the rest being the
+built-in chats recombined as bench.data does. A tokenizer (vocab 6400) is trained on the first 20M
+characters. Then every build runs in its own process, cold, so peak RSS is its own: pretrain and SFT on
+one core, in one process whose tokenizer threads use every core, and with workers on all cores but one
+(the default for large files) and on all cores. Peak RSS is the parent's and the
+largest worker's (each worker holds one batch and the tokenizer, whatever the file size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.data import _PART, DATASET, Perturber, _records, write_pretrain
+from bench.train import ROOT, publish
+
+CITIES = ["北京", "上海", "Paris", "London", "Tokyo", "深圳", "Berlin", "杭州"]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "查询城市天气",
+                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+CALC = {"name": "calculate", "description": "evaluate an arithmetic expression",
+        "parameters": {"type": "object", "properties": {"expr": {"type": "string"}}}}
+
+
+def _tool_chat(rng: random.Random) -> list[dict]:
+    if rng.random() < 0.5:
+        city, weather, temp = rng.choice(CITIES), rng.choice(["晴", "rain", "多云"]), rng.randint(-5, 35)
+        ask, call = f"{city}今天天气怎么样？", {"name": "get_weather", "arguments": {"city": city}}
+        result = json.dumps({"city": city, "weather": weather, "temp": temp}, ensure_ascii=False)
+        answer = f"{city}今天的天气是 {weather}，气温 {temp} 度。"
+    else:
+        a, b = rng.randint(2, 999), rng.randint(2, 999)
+        ask, call = f"What is {a} times {b}?", {"name": "calculate", "arguments": {"expr": f"{a}*{b}"}}
+        result, answer = str(a * b), f"{a} times {b} is {a * b}."
+    return [{"role": "system", "content": "你是一个可以调用工具的助手。", "tools": json.dumps([WEATHER, CALC], ensure_ascii=False)},
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": "", "tool_calls": json.dumps([call], ensure_ascii=False)},
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": answer}]
+
+
+def write_sft_mixed(path: Path, target_bytes: int, seed: int, tool_share: float) -> tuple[int, int]:
+    """(bytes written, conversations with tools or reasoning)."""
+    rng = random.Random(seed + 1)
+    chats = [record["conversations"] for record in _records(DATASET / "sft.jsonl")]
+    perturb = Perturber([m["content"] for c in chats for m in c], rng)
+    written = special = 0
+    with open(path, "w", encoding="utf-8") as out:
+        while written < target_bytes:
+            if rng.random() < tool_share:
+                special += 1
+                if rng.random() < 0.6:
+                    turns = _tool_chat(rng)
+                else:
+                    chat = [{"role": m["role"], "content": perturb(_PART.split(m["content"]))} for m in rng.choice(chats)]
+                    turns = chat[:-1] + [{**chat[-1], "reasoning_content": "先想一想：" + perturb(_PART.split(chat[-1]["content"]))}]
+            else:
+                picked = [rng.choice(chats) for _ in range(rng.randint(1, 4))]
+                system = [m for m in picked[0] if m["role"] == "system"][:1]
+                turns = system + [{"role": m["role"], "content": perturb(_PART.split(m["content"]))}
+                                  for chat in picked for m in chat if m["role"] != "system"]
+            line = json.dumps({"conversations": turns}, ensure_ascii=False) + "\n"
+            out.write(line)
+            written += len(line.encode("utf-8"))
+    return written, special
+
+
+def phase_build(work: Path, kind: str, workers: int, one_core: bool) -> dict:
+    """One cold build in this fresh process; transformers' import is timed apart (a one-off per process).
+    one_core: also keep the tokenizer's own thread pool off, for the per-core figure of a one-worker build."""
+    if one_core:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    started = time.perf_counter()
+    from engine.data import build_token_cache
+    from engine.tokenizer import load_tokenizer
+
+    load_tokenizer(work / "tokenizer")
+    imports = time.perf_counter() - started
+    source = work / f"{kind}.jsonl"
+    started = time.perf_counter()
+    folder = work / f"cache-{kind}-{workers}{'-one-core' if one_core else ''}"
+    cache = build_token_cache(source, work / "tokenizer", kind, folder, workers=workers)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - started
+    assert not cache.from_cache, "the cold build found a cache: nothing was measured"
+    return {"kind": kind, "workers": workers, "one_core": one_core, "bytes": source.stat().st_size, "tokens": cache.n_tokens, "seconds": seconds,
+            "import_s": imports, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else None,
+            "tokens_bin": str(cache.dir / "tokens.bin")}
+
+
+def run_phase(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench.data_scale", "--worker", *args], capture_output=True, text=True,
+                          cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"phase {args} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report_body(rows: list[dict], sft_special: float, identical: bool, quick: bool) -> str:
+    cores = os.cpu_count() or 1
+    head = (f"{cores} cores; SFT with {sft_special:.0%} tool / reasoning conversations"
+            f"{' (quick run: small files, noisy)' if quick else ''}. Every build cold, in its own process.")
+    lines = [head, "",
+             "| kind | jsonl MB | workers | cores used | s | MB/s | MB/s per core | vs one core | peak RSS MiB (parent / largest worker) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {r["kind"]: r["seconds"] for r in rows if r["one_core"]}
+    for r in rows:
+        rate = r["bytes"] / 1e6 / r["seconds"]
+        used = 1 if r["one_core"] else r["workers"] if r["workers"] > 1 else cores
+        worker = f"{r['worker_rss_mb']:,.0f}" if r["worker_rss_mb"] else "-"
+        lines.append(f"| {r['kind']} | {r['bytes'] / 1e6:,.0f} | {r['workers']} | {used} | {r['seconds']:.1f} | {rate:.2f} | "
+                     f"{rate / used:.2f} | {base[r['kind']] / r['seconds']:.2f}x | {r['rss_mb']:,.0f} / {worker} |")
+    lines += ["", (f"Caches of one worker and of all cores byte-identical: {'yes' if identical else 'NO'}. Times exclude "
+                   f"importing transformers in the parent ({rows[0]['import_s']:.1f} s); workers pay theirs inside the build.")]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrain-mb", type=float, default=1000.0)
+    parser.add_argument("--sft-mb", type=float, default=300.0)
+    parser.add_argument("--tool-share", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="100 MB pretrain, 30 MB SFT")
+    parser.add_argument("--no-publish", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(phase_build(Path(args.worker[0]), args.worker[1], int(args.worker[2]), args.worker[3] == "1")))
+        return 0
+    if args.quick:
+        args.pretrain_mb, args.sft_mb = 100.0, 30.0
+    with tempfile.TemporaryDirectory(prefix="bench-data-scale-") as tmp:
+        work = Path(tmp)
+        write_pretrain(work / "pretrain.jsonl", int(args.pretrain_mb * 1e6), args.seed)
+        _, special = write_sft_mixed(work / "sft.jsonl", int(args.sft_mb * 1e6), args.seed, args.tool_share)
+        with open(work / "sft.jsonl", "rb") as handle:
+            n_sft = sum(1 for _ in handle)
+        from engine.tokenizer import train_tokenizer
+
+        train_tokenizer(work / "pretrain.jsonl", work / "tokenizer", 6400, max_train_chars=20_000_000)
+        cores = os.cpu_count() or 1
+        rows = []
+        for kind in ("pretrain", "sft"):
+            # One core; one process whose tokenizer uses every core (what a build below 64 MiB does); then workers.
+            for workers, one_core in [(1, True), (1, False)] + [(n, False) for n in sorted({max(2, cores - 1), cores})]:
+                rows.append(run_phase(str(work), kind, str(workers), "1" if one_core else "0"))
+                r = rows[-1]
+                print(f"{kind} x{workers}{' (one core)' if one_core else ''}: {r['seconds']:.1f} s, "
+                      f"{r['bytes'] / 1e6 / r['seconds']:.2f} MB/s", flush=True)
+        from engine.data import file_digest
+
+        digests = {(r["kind"], file_digest(Path(r["tokens_bin"]))) for r in rows}
+        identical = len(digests) == 2  # one token file per kind, whatever the workers
+        body = report_body(rows, special / n_sft, identical, args.quick)
+    publish("Token cache at size: one worker and all cores", body, print_only=args.no_publish)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
