@@ -100,7 +100,8 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
         from engine.compile_policy import TRIAL_STEPS, CompiledForward, decide
 
         mode, _ = decide("auto", dev.type, None, 10**6, None)
-        forward = CompiledForward(model, mode, note=lambda message, figures: None, warn=print)
+        forward = CompiledForward(model, mode, note=lambda message, figures: print(message, file=sys.stderr),
+                                  warn=lambda message: print(message, file=sys.stderr))
         warmup = max(warmup, 2 * TRIAL_STEPS + 3 if mode == "trial" else warmup)
     else:
         forward = torch.compile(model) if compile else model
@@ -179,8 +180,8 @@ def compile_cell(r: dict) -> str:
 
 
 def table(results: list[dict], peaks: dict[str, float]) -> str:
-    lines = ["| shape | dtype | impl | compile | attention | tokens/s | TFLOP/s | MFU | peak memory MiB | vs HF speed | vs HF memory |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| shape | dtype | impl | compile | attention | tokens/s | each round | TFLOP/s | MFU | peak memory MiB | vs HF speed | vs HF memory |",
+             "|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     eager_hf = {(r["shape"], r["dtype"]): r for r in results if r["impl"] == "hf" and not r["compile"]}
     for r in results:
         achieved = r["tokens_per_s"] * r["flops_per_token"]
@@ -191,7 +192,7 @@ def table(results: list[dict], peaks: dict[str, float]) -> str:
             mem = f"{r['peak_mb'] / hf['peak_mb']:.2f}x"
         mfu = achieved / (peaks[r["dtype"]] * 1e12)
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {compile_cell(r)} | {r.get('attention') or 'sdpa'} | "
-                     f"{r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} | {f'{mfu:.1%}' if mfu <= 1 else 'peak unknown'} | "
+                     f"{r['tokens_per_s']:,.0f} | {' / '.join(r.get('rounds', []))} | {achieved / 1e12:.3f} | {f'{mfu:.1%}' if mfu <= 1 else 'peak unknown'} | "
                      f"{r['peak_mb']:,.0f} | {ratio} | {mem} |")
     return "\n".join(lines)
 
@@ -199,7 +200,8 @@ def table(results: list[dict], peaks: dict[str, float]) -> str:
 def median_of_rounds(runs: list[dict]) -> dict:
     """One row from several interleaved runs of a configuration: the median tokens/s, the highest peak."""
     row = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
-    return {**row, "rounds": [r["tokens_per_s"] for r in runs], "peak_mb": max(r["peak_mb"] for r in runs)}
+    rounds = [f"{r['tokens_per_s']:,.0f}" + (f" ({r['auto_chose']})" if r.get("auto_chose") else "") for r in runs]
+    return {**row, "rounds": rounds, "peak_mb": max(r["peak_mb"] for r in runs)}
 
 
 def main() -> int:
@@ -239,7 +241,8 @@ def main() -> int:
             impl, _, how = variant.partition("+")
             result = run_worker(impl, shape, dtype, args.quick, compile="auto" if how == "auto" else bool(how))
             runs[(shape, dtype, variant)].append(result)
-            print(f"round {round_ + 1} {shape:>13} {dtype:>8} {variant:>15}: {result['tokens_per_s']:8,.0f} tok/s, "
+            chose = f" (auto -> {result['auto_chose']})" if result.get("auto_chose") else ""
+            print(f"round {round_ + 1} {shape:>13} {dtype:>8} {variant:>15}: {result['tokens_per_s']:8,.0f} tok/s{chose}, "
                   f"peak memory {result['peak_mb']:,.0f} MiB, warm-up {result['warmup_s']:.0f} s", flush=True)
     peaks = {dtype: max(peak, probe_cpu_peak_tflops(dtype)) for dtype, peak in peaks.items()}
     results = [median_of_rounds(runs[config]) for config in configs]

@@ -68,7 +68,7 @@ def test_a_first_long_stage_measures_compiling_records_it_and_the_next_run_reuse
     monkeypatch.setattr(compile_policy, "COMPILE_PAYS_BACK_S", 0.0)  # every stage counts as long
     runs = []
     for name in ("first", "second"):
-        preset = make_preset(name=name, stages=["tokenizer", "pretrain"], pretrain={"max_steps": 16})
+        preset = make_preset(name=name, stages=["tokenizer", "pretrain"], pretrain={"max_steps": 24})
         run_dir = create_run(preset)
         run_pipeline(run_dir)
         runs.append(events(run_dir))
@@ -85,14 +85,14 @@ def test_a_first_long_stage_measures_compiling_records_it_and_the_next_run_reuse
     start = next(e for e in second if e["kind"] == "stage_start" and e["stage"] == "pretrain")
     assert start["compile_mode"] == "eager" and "measured here before" in start["compile_reason"]
     assert not [e for e in second if e["kind"] == "note"]
-    assert [e["step"] for e in first if e["kind"] == "step"] == list(range(1, 17))
+    assert [e["step"] for e in first if e["kind"] == "step"] == list(range(1, 25))
 
 
 def test_a_compiler_that_fails_during_an_auto_trial_is_recorded_and_not_tried_again(make_preset, monkeypatch):
     """Guards "auto" against retrying a broken toolchain at every run: the failure is recorded."""
     monkeypatch.setattr(torch, "compile", broken_compile)
     monkeypatch.setattr(compile_policy, "COMPILE_PAYS_BACK_S", 0.0)
-    preset = make_preset(stages=["tokenizer", "pretrain"], pretrain={"max_steps": 16})
+    preset = make_preset(stages=["tokenizer", "pretrain"], pretrain={"max_steps": 24})
     run_dir = create_run(preset)
     run_pipeline(run_dir)
     assert any("simulated inductor failure" in e["message"] for e in events(run_dir) if e["kind"] == "warning")
