@@ -16,6 +16,7 @@ needs nothing from the template except stable prefixes).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,16 +101,8 @@ class TurnShape:
             found = [at for at in marks if at >= 0]
             if text.startswith(base) and found:
                 openings.append(text[len(base): min(found)])
-        opening = _common_prefix(openings)
+        opening = os.path.commonprefix(openings)  # character-wise, whatever the name says
         return cls(opening, prompt[len(base):], end) if opening and end else None
-
-
-def _common_prefix(texts: list[str]) -> str:
-    first = min(texts, key=len)
-    for n, char in enumerate(first):
-        if any(text[n] != char for text in texts):
-            return first[:n]
-    return first
 
 
 def locate_turns(full: str, messages: list[dict[str, Any]], shape: TurnShape) -> list[Span] | None:
