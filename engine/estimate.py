@@ -224,7 +224,8 @@ def advise(preset: Preset, stage: StageName, target: Target, memory: MemoryBreak
     if not preset.runtime.activation_checkpointing:
         recomputed = largest_batch(preset.model, cfg.max_seq_len, target, True, max(2, cfg.accumulation_steps))
         if recomputed > (best_batch or 0):
-            notes.append(f"or turn on runtime.activation_checkpointing (about a third slower): batch {recomputed} fits then.")
+            lead = "or turn" if best_batch else "turn"  # "or" only after the batch advice above
+            notes.append(f"{lead} on runtime.activation_checkpointing (about a third slower): batch {recomputed} fits then.")
     if target.dtype == "float32" and (target.device == "cpu" or (gpu is not None and gpu.capability >= (7, 0))):
         notes.append("or train in 16-bit (runtime.dtype = 'bfloat16', or 'float16' before Ampere): activations halve.")
     static = memory.framework + memory.weights + memory.optimizer + memory.gradients

@@ -29,8 +29,14 @@ GPUS: tuple[GpuSpec, ...] = (
     GpuSpec("B200", 180, (10, 0), 2250.0),
     GpuSpec("A100", 80, (8, 0), 312.0), GpuSpec("A800", 80, (8, 0), 312.0),
     GpuSpec("A10G", 24, (8, 6), 125.0), GpuSpec("A10", 24, (8, 6), 125.0),
+    GpuSpec("A40", 48, (8, 6), 149.7),
     GpuSpec("L40S", 48, (8, 9), 362.0), GpuSpec("L40", 48, (8, 9), 181.0), GpuSpec("L4", 24, (8, 9), 121.0),
     GpuSpec("RTX 6000 Ada", 48, (8, 9), 364.0), GpuSpec("A6000", 48, (8, 6), 155.0),
+    # GeForce RTX 50 (Blackwell, sm 12.0): NVIDIA publishes sparse FP4 "AI TOPS" only; dense bf16 with fp32
+    # accumulation is taken as 1/16 of it (÷2 sparsity, ÷4 FP4->16-bit, ÷2 GeForce fp32-accumulate rate).
+    GpuSpec("RTX 5090", 32, (12, 0), 209.5), GpuSpec("RTX 5080", 16, (12, 0), 112.6),
+    GpuSpec("RTX 5070 Ti", 16, (12, 0), 87.9), GpuSpec("RTX 5070", 12, (12, 0), 61.8),
+    GpuSpec("RTX 5060 Ti", 16, (12, 0), 47.4), GpuSpec("RTX 5060", 8, (12, 0), 38.4),
     GpuSpec("RTX 4090", 24, (8, 9), 165.0), GpuSpec("RTX 4080", 16, (8, 9), 97.0), GpuSpec("RTX 4070", 12, (8, 9), 58.0),
     GpuSpec("RTX 4060 Ti", 16, (8, 9), 44.0), GpuSpec("RTX 4060", 8, (8, 9), 30.0),
     GpuSpec("RTX 3090", 24, (8, 6), 71.0), GpuSpec("RTX 3080", 10, (8, 6), 59.5), GpuSpec("RTX 3070", 8, (8, 6), 40.6),

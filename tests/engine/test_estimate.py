@@ -48,6 +48,16 @@ def test_predicted_peak_is_within_15_percent_of_measured(dtype, overrides):
     assert abs(predicted_tensors / measured - 1) <= 0.15, (predicted_tensors / 2**20, measured / 2**20)
 
 
+def test_cards_of_the_tutorials_runs_are_known():
+    """Guards docs/VRAM.md's tutorial rows and `--gpu`: the A40 and the RTX 50 series are found by the
+    names the driver reports, and a Ti never matches its plain sibling (first match wins)."""
+    assert find_gpu("NVIDIA A40").name == "A40" and find_gpu("NVIDIA A40").memory_gib == 48
+    assert find_gpu("NVIDIA GeForce RTX 5060").name == "RTX 5060"
+    assert find_gpu("NVIDIA GeForce RTX 5060 Ti").name == "RTX 5060 Ti"
+    assert find_gpu("NVIDIA GeForce RTX 5070 Ti").name == "RTX 5070 Ti"
+    assert find_gpu("5090").supports_bf16 and find_gpu("5090").memory_gib == 32
+
+
 def test_largest_batch_is_the_boundary():
     """Guards the bisection: the answer fits and one more sequence does not."""
     config = load_preset("minimind-26m").model
