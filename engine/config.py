@@ -12,7 +12,7 @@ import difflib
 import math
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -126,14 +126,18 @@ class RuntimeConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute precision (autocast). auto: bfloat16 on GPUs and CPUs that support it, else float32/float16."""
     compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile the model: a slow first step (30-90 s), then faster steps (1.3-2x on a CPU, 2x on a
-    GPU, bench/RESULTS.md). auto: on CUDA, and on a CPU when the stage would train for more than about
-    five minutes. true/false mean on/off. Falls back to eager with a warning if compiling fails."""
+    """torch.compile the model: a slow first step (15-90 s), then faster steps (1.1-1.6x on a CPU, 2x on a
+    GPU, bench/RESULTS.md). auto: on CUDA; on a CPU, a stage longer than about five minutes measures
+    eager vs compiled steps once per machine and shape and keeps the faster (cache_dir/tuning.json).
+    true/false mean on/off. Falls back to eager with a warning if compiling fails."""
     activation_checkpointing: bool = False
     """Keep only each layer's input and recompute the rest in backward: activation memory drops to about
     one layer's worth, at the price of one more forward (bench/RESULTS.md has the measured trade-off)."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes; 0 reads batches in the main process (cheap with the token cache)."""
+    data_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Processes that tokenize a data file into the token cache, in byte ranges (the cache is the same
+    bytes for any number). auto: all cores but one for files of 64 MiB and more, else one."""
     cache_dir: str = "runs/.cache"
     """Where tokenized data caches live; shared by all runs so a corpus is tokenized once."""
     peak_tflops: float | None = Field(None, gt=0)
@@ -330,9 +334,11 @@ def _field_names(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
 
 def describe_validation_error(error: ValidationError, source: str) -> str:
     """One paragraph naming each bad field, what is wrong and what to do."""
-    parts = []
+    parts: list[str] = []
+    by_field: dict[str, int] = {}  # a union field fails once per alternative: one sentence, joined with "or"
     for item in error.errors():
-        loc = tuple(item["loc"])
+        # pydantic names the alternative of a union it tried ("constrained-int", "literal['auto']"): not a field.
+        loc = tuple(p for p in item["loc"] if isinstance(p, int) or ("-" not in p and "[" not in p))
         field = ".".join(str(p) for p in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             known = _field_names(Preset, loc[:-1])
@@ -341,8 +347,12 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
             parts.append(f"unknown field '{field}' ({hint})")
         else:
             message = item["msg"].removeprefix("Value error, ")
+            if field in by_field:
+                parts[by_field[field]] += f", or {message[0].lower()}{message[1:]}"
+                continue
             got = item.get("input")
             shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            by_field[field] = len(parts)
             parts.append(f"field '{field}'{shown}: {message}")
     return f"{source}: invalid preset: " + "; ".join(parts) + ". Fix the field(s) in the file or with --set, then run again."
 

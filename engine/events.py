@@ -97,6 +97,17 @@ class WarningEvent(_Event):
     message: str
 
 
+class CacheProgressEvent(_Event):
+    """How far the stage's token-cache build is (only while a data file is being tokenized)."""
+
+    kind: Literal["cache_progress"]
+    stage: str
+    bytes_done: int
+    bytes_total: int
+    mb_per_s: float
+    eta_s: float | None = None
+
+
 class NoteEvent(_Event):
     """Something the run found out and acted on (e.g. what compiling measured); figures ride along."""
 
@@ -123,8 +134,8 @@ class StageEndEvent(_Event):
 
 EVENT_MODELS: dict[str, type[_Event]] = {
     model.model_fields["kind"].annotation.__args__[0]: model  # type: ignore[union-attr]
-    for model in (StageStartEvent, StepEvent, EvalEvent, CheckpointEvent, SampleEvent, WarningEvent, NoteEvent, ErrorEvent,
-                  StageEndEvent)
+    for model in (StageStartEvent, StepEvent, EvalEvent, CheckpointEvent, SampleEvent, WarningEvent, NoteEvent,
+                  CacheProgressEvent, ErrorEvent, StageEndEvent)
 }
 EVENT_KINDS = tuple(EVENT_MODELS)
 

@@ -79,8 +79,10 @@ def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: Even
     cfg = preset.stage(stage)
     kind = "pretrain" if stage == "pretrain" else "sft"
     started = time.perf_counter()
+    workers = preset.runtime.data_workers
     cache = build_token_cache(
-        Path(cfg.data_path), tokenizer_dir, kind, Path(preset.runtime.cache_dir), on_bad_line=cfg.on_bad_line
+        Path(cfg.data_path), tokenizer_dir, kind, Path(preset.runtime.cache_dir), on_bad_line=cfg.on_bad_line,
+        stage=stage, workers=None if workers == "auto" else workers, progress=CacheProgress(stage, log),
     )
     meta = dict(cache.meta)
     skipped = meta.get("stats", {}).get("skipped", 0)
@@ -98,6 +100,25 @@ def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: Even
     if kind == "sft":
         info["padding_fraction"] = round(float(blocks.padding_fraction), 4)
     return blocks, info
+
+
+class CacheProgress:
+    """Reports a token-cache build as `cache_progress` events (bytes done, MB/s, ETA): on a 10 GB file it
+    is minutes of a run. At most one event per `every` seconds, plus the last."""
+
+    def __init__(self, stage: str, log: EventLog, every: float = 2.0) -> None:
+        self.stage, self.log, self.every = stage, log, every
+        self.started = time.perf_counter()
+        self.last = float("-inf")
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        self.log.emit("cache_progress", stage=self.stage, bytes_done=done, bytes_total=total,
+                      mb_per_s=rate / 1e6, eta_s=(total - done) / rate if rate > 0 else None)
 
 
 def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,6 +76,14 @@ class RunProgress:
                     f"tokenizer: vocab {event.get('vocab_size')}, {_fmt(event.get('chars_per_token'), '.2f')} chars/token "
                     f"on held-out text, {_fmt(event.get('train_seconds'), '.1f')} s"
                 )
+        elif kind == "cache_progress":
+            # Tokenizing a big file into the cache takes minutes before the first step: its own bar, in MB.
+            key = f"{stage} data"
+            if key not in self.tasks:
+                self.tasks[key] = self.progress.add_task(key, total=max(1, round(event["bytes_total"] / 1e6)),
+                                                         metrics="")
+            self.progress.update(self.tasks[key], completed=event["bytes_done"] / 1e6,
+                                 metrics=f"tokenizing {event['mb_per_s']:.1f} MB/s (MB)")
         elif kind == "warning":
             self.console.print(f"[yellow]warning:[/] {event.get('message')}")
         elif kind == "note":

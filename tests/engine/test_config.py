@@ -103,3 +103,14 @@ def test_builtin_name_resolves_to_presets_folder(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)
     assert load_preset("tiny").name == "tiny"
     assert load_preset("presets/tiny.toml").name == "tiny"
+
+
+def test_a_union_field_is_named_once_with_every_alternative() -> None:
+    """Guards the one-paragraph error for fields that take a number or a word (runtime.data_workers): pydantic
+    reports each alternative under a made-up path ('data_workers.constrained-int'); the user must see the
+    real field once, with what each alternative needs."""
+    with pytest.raises(PresetError) as error:
+        load_preset("tiny", overrides=["runtime.data_workers=0"])
+    text = str(error.value)
+    assert "field 'runtime.data_workers' (got 0): Input should be greater than or equal to 1, or input should be 'auto'" in text
+    assert "constrained" not in text and text.count("data_workers") == 1

@@ -191,3 +191,33 @@ def test_periodic_eval_emits_samples_and_training_continues(make_preset) -> None
     assert run_pipeline(run_dir).state == "finished"
     samples = [e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "sample"]
     assert [s["step"] for s in samples] == [3, 6] and all(s["prompt"] for s in samples)
+
+
+def test_a_token_cache_build_reports_its_progress(make_preset, monkeypatch):
+    """Guards the minutes before the first step on a big file: the cache build must be visible as
+    cache_progress events (bytes done up to the file size, MB/s) that validate against the schema, and
+    runtime.data_workers must reach the build (its parallel result is tested in test_cache_build.py)."""
+    import json as _json
+
+    from engine import train
+    from engine.events import parse_event
+    from engine.pipeline import run_pipeline
+    from engine.runs import create_run
+
+    asked = []
+    real_build = train.build_token_cache
+
+    def build(*args, **kwargs):
+        asked.append(kwargs["workers"])
+        return real_build(*args, **{**kwargs, "workers": 1})  # one process: spawning workers costs seconds
+
+    monkeypatch.setattr(train, "build_token_cache", build)
+    preset = make_preset(stages=["tokenizer", "pretrain"], pretrain={"max_steps": 2}, runtime={"data_workers": 3})
+    run_dir = create_run(preset)
+    run_pipeline(run_dir)
+    events = [_json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    progress = [e for e in events if e["kind"] == "cache_progress"]
+    assert progress and progress[-1]["bytes_done"] == progress[-1]["bytes_total"] > 0
+    for event in progress:
+        parse_event(event)
+    assert asked == [3]
