@@ -52,6 +52,7 @@ class StageView:
     total_steps: int
     eta_s: float | None
     series: dict[str, Points]
+    cache: dict[str, Any] | None = None  # the last cache_progress event while the stage's data is tokenized
 
     @property
     def fraction(self) -> float:
@@ -91,6 +92,7 @@ class _Stage:
     eta_s: float | None = None
     ema: Ema = field(default_factory=Ema)
     series: dict[str, Series] = field(default_factory=lambda: {m: Series() for m in METRICS})
+    cache: dict[str, Any] | None = None
 
     def rewind(self, step: int) -> None:
         """A resumed stage replays steps after its checkpoint: drop the points it will log again."""
@@ -99,7 +101,7 @@ class _Stage:
 
     def view(self) -> StageView:
         return StageView(self.name, self.state, self.step, self.total_steps, self.eta_s,
-                         {name: s.points() for name, s in self.series.items()})
+                         {name: s.points() for name, s in self.series.items()}, self.cache)
 
 
 class RunWatch:
@@ -209,7 +211,13 @@ class RunWatch:
         if kind == "step" and stage is not None:
             self._apply_step(stage, event)
             return
+        if kind == "cache_progress" and stage is not None:
+            # Tokenizing the stage's data comes before its stage_start: show it, then forget it at the start.
+            stage.cache = event if event.get("bytes_done", 0) < event.get("bytes_total", 0) else None
+            self.current = stage.name
+            return
         if kind == "stage_start" and stage is not None:
+            stage.cache = None
             if stage.step > event.get("start_step", 0):
                 stage.rewind(event.get("start_step", 0))
             stage.state, stage.step = "running", event.get("start_step", 0)

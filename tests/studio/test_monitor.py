@@ -144,3 +144,36 @@ def test_memory_panel_shows_gpu_gauges_or_rss() -> None:
     assert "peak" in text and "58.6 GiB/80.0 GiB" in text and "97%" in text
     console.print(memory_renderable({"rss_mb": 900}))
     assert "RSS 900 MiB" in console.export_text()
+
+
+def test_the_monitor_shows_a_token_cache_build_before_the_first_step(tmp_path: Path) -> None:
+    """Guards the minutes a 10 GB file spends tokenizing: the stage row must show the data build (MB done of
+    the file, ETA) instead of an idle 0/0 bar, and give way to the step bar at stage_start."""
+    from rich.console import Console
+
+    from studio.widgets.monitor.stage_progress import StageProgress
+
+    run_dir = make_run(tmp_path, "20250101-000000-data")
+    progress = {"v": 1, "t": T0, "kind": "cache_progress", "stage": "pretrain", "bytes_done": 120_000_000,
+                "bytes_total": 300_000_000, "mb_per_s": 6.0, "eta_s": 30.0}
+    append(run_dir / "events.jsonl", event_line(progress))
+    watch = RunWatch(run_dir)
+    watch.poll()
+    view = watch.snapshot().stage_view("pretrain")
+    assert view.state == "pending" and view.cache["bytes_done"] == 120_000_000
+
+    def shown(snapshot) -> str:
+        widget = StageProgress()
+        rendered: list = []
+        widget.update = rendered.append  # type: ignore[method-assign]
+        widget.show(snapshot)
+        console = Console(width=100, record=True)
+        console.print(rendered[0])
+        return console.export_text()
+
+    text = shown(watch.snapshot())
+    assert "120/300 MB" in text and "data 0m30s" in text
+    append(run_dir / "events.jsonl", event_line(STAGE_START))
+    watch.poll()
+    assert watch.snapshot().stage_view("pretrain").cache is None
+    assert "MB" not in shown(watch.snapshot())

@@ -20,6 +20,17 @@ def eta_text(seconds: float | None) -> str:
     return f"ETA {hours}h{rest // 60:02d}m" if hours else f"ETA {rest // 60}m{rest % 60:02d}s"
 
 
+def cache_row(name: str, cache: dict, bold: bool) -> tuple:
+    """A stage whose data file is being tokenized into the cache: a bar in MB, the rate and its ETA."""
+    done, total = cache.get("bytes_done", 0) / 1e6, max(1e-6, cache.get("bytes_total", 0) / 1e6)
+    return (
+        Text(name, style="bold" if bold else ""),
+        ProgressBar(total=total, completed=done, complete_style="cyan"),
+        f"{done:,.0f}/{total:,.0f} MB",
+        Text(eta_text(cache.get("eta_s")).replace("ETA", "data") or "data", style="cyan"),  # "data 0m30s": tokenizing
+    )
+
+
 class StageProgress(Static):
     def show(self, snapshot: RunSnapshot | None) -> None:
         if snapshot is None or not snapshot.stages:
@@ -34,6 +45,9 @@ class StageProgress(Static):
             crashed = snapshot.state in ("crashed", "failed") and stage.name == snapshot.stage and stage.state == "running"
             state = snapshot.state if crashed else stage.state
             tail = eta_text(stage.eta_s) if state == "running" else state
+            if stage.cache is not None and state == "pending":
+                table.add_row(*cache_row(stage.name, stage.cache, bold=stage.name == snapshot.stage))
+                continue
             table.add_row(
                 Text(stage.name, style="bold" if stage.name == snapshot.stage else ""),
                 ProgressBar(total=max(1, stage.total_steps), completed=stage.step if stage.total_steps else 0,
