@@ -6,8 +6,9 @@ A pretrain checkpoint has never seen the chat template, so it continues plain te
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 
@@ -15,7 +16,8 @@ from engine.checkpoint import Checkpoint, load_model_weights, resolve_checkpoint
 from engine.device import resolve_device
 from engine.generate import Sampling, generate, stream_text
 from engine.model import CausalLM
-from engine.tokenizer import load_tokenizer
+from engine.reply import ReplyParser
+from engine.tokenizer import load_tokenizer, render_chat
 
 
 def load_model(ckpt: Checkpoint, device: str = "cpu") -> CausalLM:
@@ -25,13 +27,15 @@ def load_model(ckpt: Checkpoint, device: str = "cpu") -> CausalLM:
 
 
 class ChatSession:
-    def __init__(self, ckpt: Checkpoint, device: str = "cpu", system_prompt: str | None = None) -> None:
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu", system_prompt: str | None = None,
+                 tools: list[dict[str, Any]] | None = None) -> None:
         self.checkpoint = ckpt
         self.model = load_model(ckpt, device)
         self.tokenizer = load_tokenizer(ckpt.tokenizer_dir)
         self.mode = "chat" if ckpt.stage != "pretrain" and self.tokenizer.chat_template else "continue"
         self.system_prompt = system_prompt
-        self.history: list[dict[str, str]] = []
+        self.tools = tools  # function specs rendered in the system turn (engine.reply.read_tool_specs)
+        self.history: list[dict[str, Any]] = []
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("</s>")) if i is not None and i >= 0}
 
     @classmethod
@@ -44,22 +48,25 @@ class ChatSession:
             return bos + self.tokenizer.encode(user_text, add_special_tokens=False)
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + self.history
         messages = messages + [{"role": "user", "content": user_text}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = render_chat(self.tokenizer, messages, add_generation_prompt=True, tools=self.tools or None)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def reply(self, user_text: str, sampling: Sampling | None = None, use_cache: bool = True) -> Iterator[str]:
-        """Stream the answer piece by piece. The turn joins the history when the stream ends, also when
-        the caller stops it early (closing the generator): the partial answer is what the user saw."""
+        """Stream the raw reply piece by piece (split it with engine.reply.ReplyParser to show it). The turn
+        joins the history when the stream ends, also when the caller stops it early (closing the
+        generator): the partial answer is what the user saw. The history keeps the answer and the tool
+        calls, not the reasoning (see ReplyParser.assistant_message)."""
         sampling = sampling or Sampling()
         tokens = generate(self.model, self.prompt_ids(user_text), sampling, self.stop_ids, use_cache=use_cache)
-        pieces: list[str] = []
+        parser = ReplyParser()
         try:
             for piece in stream_text(self.tokenizer, tokens):
-                pieces.append(piece)
+                parser.feed(piece)
                 yield piece
         finally:
+            parser.finish()
             if self.mode == "chat":
-                self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(pieces)}]
+                self.history += [{"role": "user", "content": user_text}, parser.assistant_message()]
 
     def answer(self, user_text: str, sampling: Sampling | None = None) -> str:
         return "".join(self.reply(user_text, sampling))

@@ -116,14 +116,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-CHAT_HELP = "commands: /clear (forget the conversation), /system TEXT (set the system prompt), /quit"
+CHAT_HELP = ("commands: /clear (forget the conversation), /system TEXT (set the system prompt), "
+             "/tools FILE (JSON list of function specs) or /tools off, /quit")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from engine.chat import ChatSession
     from engine.generate import Sampling
+    from engine.reply import read_tool_specs
+    from studio.chat_console import print_reply, print_tools_command
 
-    session = ChatSession.open(args.checkpoint, args.out_dir, device=args.device, system_prompt=args.system)
+    tools = read_tool_specs(args.tools) if args.tools else None  # a bad file fails before the slow model load
+    session = ChatSession.open(args.checkpoint, args.out_dir, device=args.device, system_prompt=args.system, tools=tools)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed)
     ckpt = session.checkpoint
@@ -146,12 +150,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
             session.clear()
             console.print(f"[dim](system prompt: {session.system_prompt!r}; conversation cleared)[/]")
             continue
+        if text.strip().startswith("/tools"):
+            print_tools_command(console, text.strip().removeprefix("/tools"), session)
+            continue
         if not text.strip():
             continue
         console.print("[bold cyan]ai>[/] ", end="")
-        for piece in session.reply(text, sampling):
-            console.out(piece, end="", highlight=False)
-        console.print()
+        print_reply(console, session.reply(text, sampling))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -260,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="streaming terminal chat with a run or checkpoint")
     chat.add_argument("checkpoint", help="a run dir or id, a checkpoint dir, or an exported HF dir")
     chat.add_argument("--system", help="system prompt (SFT checkpoints)")
+    chat.add_argument("--tools", metavar="FILE", help="JSON list of function specs offered in the system turn")
     chat.add_argument("--temperature", type=float, default=0.7)
     chat.add_argument("--top-k", type=int, default=0)
     chat.add_argument("--top-p", type=float, default=0.9)

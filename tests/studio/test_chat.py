@@ -7,6 +7,7 @@ from pathlib import Path
 from textual.message import Message
 from textual.widgets import Input, Select
 
+from engine.reply import parse_reply
 from studio.app import StudioApp
 from studio.messages import ChatDone, ChatPiece
 from studio.screens.error_modal import ErrorModal
@@ -40,10 +41,10 @@ async def test_reply_streams_piece_by_piece(tiny_run: Path) -> None:
         pieces = [m.text for m in unique if isinstance(m, ChatPiece) and m.column == 0]
         log = app.query_one("#chat-log-0", ChatLog)
         assert len(pieces) >= 2, pieces
-        assert log.reply_text == "".join(pieces) and log.pieces == len(pieces)
+        assert log.raw_text == "".join(pieces) and log.pieces == len(pieces)
         notes = " ".join(str(w.render()) for w in log.query(".note"))
         assert "chat (SFT)" in notes
-        assert pane.sessions[0].history[-1] == {"role": "assistant", "content": log.reply_text}
+        assert pane.sessions[0].history[-1]["content"] == log.reply_text
         await pilot.press("ctrl+y")
         assert app.clipboard == log.reply_text
 
@@ -92,7 +93,8 @@ class EndlessSession:
                 pieces.append("la ")
                 yield "la "
         finally:
-            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
+            said = parse_reply("".join(pieces)).assistant_message()
+            self.history += [{"role": "user", "content": text}, said]
 
     def clear(self) -> None:
         self.history.clear()

@@ -1,4 +1,8 @@
-"""One conversation column: user turns and streamed replies, scrolled to the newest."""
+"""One conversation column: user turns and streamed replies, scrolled to the newest.
+
+A reply is split as it streams (engine.reply, pure Python): reasoning in a dim block above the answer,
+each tool call in its own line below it, so thinking never reads as the answer.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,56 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from engine.reply import ReplyParser, ToolCall
+
 
 class ChatLog(VerticalScroll):
     def __init__(self, column: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.column = column
-        self.reply_text = ""  # the reply being streamed (or the last one)
+        self.reply_text = ""  # the answer being streamed (or the last one), without reasoning or calls
+        self.raw_text = ""  # every piece as the model wrote it
         self.pieces = 0
+        self.parser = ReplyParser()
         self._reply: Static | None = None
+        self._reasoning: Static | None = None
         self._user: Static | None = None
 
     def add_user(self, text: str) -> None:
         self._user = Static(Text(text), classes="msg user")
         self.mount(self._user)
         self._reply = Static("", classes="msg assistant")
-        self.reply_text, self.pieces = "", 0
+        self._reasoning = None
+        self.reply_text, self.raw_text, self.pieces, self.parser = "", "", 0, ReplyParser()
         self.mount(self._reply)
         self.scroll_end(animate=False)
 
     def add_piece(self, text: str) -> None:
         if self._reply is None:
             return
-        self.reply_text += text
+        self.raw_text += text
         self.pieces += 1
-        self._reply.update(Text(self.reply_text))
+        self._show(self.parser.feed(text))
+
+    def _show(self, events: list) -> None:
+        if self._reply is None:
+            return
+        for event in events:
+            if isinstance(event, ToolCall):
+                label = Text.assemble(("tool call: ", "bold magenta"), event.label())
+                self.mount(Static(label, classes="msg tool-call"))
+            elif event[0] == "reasoning":
+                if self._reasoning is None:
+                    self._reasoning = Static("", classes="msg reasoning")
+                    self.mount(self._reasoning, before=self._reply)
+                self._reasoning.update(Text.assemble(("thinking: ", "italic"), self.parser.reasoning, style="dim"))
+        if self.parser.answer != self.reply_text:
+            self.reply_text = self.parser.answer
+            self._reply.update(Text(self.reply_text))
         self.scroll_end(animate=False)
 
     def end_reply(self, note: str) -> None:
+        self._show(self.parser.finish())  # what was held back in case a tag was forming
         if self._reply is not None and note:
             self.mount(Static(Text(note, style="dim"), classes="msg note"))
             self.scroll_end(animate=False)
@@ -48,4 +75,5 @@ class ChatLog(VerticalScroll):
 
     def clear(self) -> None:
         self.remove_children()
-        self._reply, self._user, self.reply_text, self.pieces = None, None, "", 0
+        self._reply, self._reasoning, self._user = None, None, None
+        self.reply_text, self.raw_text, self.pieces, self.parser = "", "", 0, ReplyParser()

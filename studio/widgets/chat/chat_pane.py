@@ -18,6 +18,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Collapsible, Input, Label, Select, Static
 
+from engine.reply import ToolSpecError, read_tool_specs
+from studio.chat_console import tool_names
 from studio.checkpoint_list import list_checkpoint_choices
 from studio.messages import ChatDone, ChatPiece, ChatReady
 from studio.paths import display_path
@@ -28,7 +30,8 @@ SAMPLING_FIELDS = (  # id, label, default, type
     ("temperature", "temp", "0.7", float), ("top_p", "top-p", "0.9", float), ("top_k", "top-k", "0", int),
     ("repetition_penalty", "rep", "1.1", float), ("max_new_tokens", "max tok", "256", int), ("seed", "seed", "", int),
 )
-HELP = "Enter: send · /clear · /system TEXT · /load PATH (any checkpoint or HF dir) · ^s stop · ^l clear · ^y copy"
+HELP = ("Enter: send · /clear · /system TEXT · /tools FILE|off · /load PATH (any checkpoint or HF dir) · "
+        "^s stop · ^l clear · ^y copy")
 
 
 class ChatPane(Pane):
@@ -60,6 +63,8 @@ class ChatPane(Pane):
                     yield Input(default, id=f"s-{ident}", classes="num", placeholder="random" if ident == "seed" else "",
                                 compact=True)
             yield Input(placeholder="system prompt (SFT checkpoints)", id="s-system", compact=True)
+            yield Input(placeholder="tools: a JSON file of function specs, offered in the system turn (/tools FILE)",
+                        id="s-tools", compact=True)
         with Horizontal(id="chat-columns"):
             yield ChatLog(0, id="chat-log-0", classes="chat-log")
             yield ChatLog(1, id="chat-log-1", classes="chat-log hidden")
@@ -152,6 +157,9 @@ class ChatPane(Pane):
             self.query_one("#s-system", Input).value = stripped.removeprefix("/system").strip()
             self.action_clear()
             return
+        if stripped.startswith("/tools"):
+            self.set_tools(stripped.removeprefix("/tools").strip())
+            return
         if stripped.startswith("/load"):
             self.overrides[0] = Path(stripped.removeprefix("/load").strip()).expanduser()
             self.query_one("#chat-log-0", ChatLog).add_note(f"checkpoint: {self.overrides[0]}")
@@ -169,15 +177,40 @@ class ChatPane(Pane):
         except ValueError as error:
             self.notify(f"sampling settings: {error}", severity="error")
             return
+        try:
+            tools = self.tool_specs()
+        except ToolSpecError as error:
+            self.notify(str(error), title="tools", severity="error")
+            return
         system = self.query_one("#s-system", Input).value.strip() or None
         self.stop_flag.clear()
         for column in columns:
             self.query_one(f"#chat-log-{column}", ChatLog).add_user(text)
             self.busy.add(column)
             path = self.checkpoint(column)
-            self.run_worker(lambda c=column, p=path: self._reply(c, p, text, sampling, system), thread=True,
+            self.run_worker(lambda c=column, p=path: self._reply(c, p, text, sampling, system, tools), thread=True,
                             exclusive=True, exit_on_error=False, group=f"chat-{column}", name=f"chat with {path}")
         self.query_one("#chat-status", Static).update("generating… ctrl+s stops")
+
+    def tool_specs(self) -> list[dict[str, Any]] | None:
+        """The specs in the tools field's file, read at each send so an edited file counts (UI thread: it is small)."""
+        path = self.query_one("#s-tools", Input).value.strip()
+        return read_tool_specs(path) if path else None
+
+    def set_tools(self, argument: str) -> None:
+        """`/tools FILE` fills the tools field once the file reads as specs; `/tools off` empties it."""
+        field, log = self.query_one("#s-tools", Input), self.query_one("#chat-log-0", ChatLog)
+        if argument in ("", "off", "none"):
+            field.value = ""
+            log.add_note("tools off")
+            return
+        try:
+            specs = read_tool_specs(argument)
+        except ToolSpecError as error:
+            self.notify(str(error), title="tools", severity="error")
+            return
+        field.value = argument
+        log.add_note(f"tools: {', '.join(tool_names(specs))} (offered in the system turn)")
 
     def _session(self, column: int, path: Path) -> Any:
         """The column's ChatSession for `path`, loaded on first use (worker thread: torch imports here)."""
@@ -190,14 +223,15 @@ class ChatPane(Pane):
             self.post_message(ChatReady(column, {"path": str(ckpt.path), "step": ckpt.step, "mode": session.mode}))
         return self.sessions[column]
 
-    def _reply(self, column: int, path: Path, text: str, sampling: dict[str, Any], system: str | None) -> None:
+    def _reply(self, column: int, path: Path, text: str, sampling: dict[str, Any], system: str | None,
+               tools: list[dict[str, Any]] | None = None) -> None:
         try:
             from engine.generate import (
                 Sampling,  # torch: only ever imported here, in the worker
             )
 
             session = self._session(column, path)
-            session.system_prompt = system
+            session.system_prompt, session.tools = system, tools
             started, pieces, stopped = time.monotonic(), [], False
             stream = session.reply(text, Sampling(**sampling))
             try:
@@ -228,9 +262,9 @@ class ChatPane(Pane):
     def on_chat_done(self, message: ChatDone) -> None:
         self.busy.discard(message.column)
         log = self.query_one(f"#chat-log-{message.column}", ChatLog)
-        if message.pieces:
-            rate = message.pieces / message.seconds if message.seconds > 0 else 0.0
-            log.end_reply(f"{'stopped · ' if message.stopped else ''}{message.pieces} pieces · {rate:.1f}/s")
+        rate = message.pieces / message.seconds if message.seconds > 0 else 0.0
+        note = f"{'stopped · ' if message.stopped else ''}{message.pieces} pieces · {rate:.1f}/s" if message.pieces else ""
+        log.end_reply(note)
         if not self.busy:
             self.query_one("#chat-status", Static).update(HELP)
 
