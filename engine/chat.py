@@ -16,7 +16,7 @@ from engine.checkpoint import Checkpoint, load_model_weights, resolve_checkpoint
 from engine.device import resolve_device
 from engine.generate import Sampling, generate, stream_text
 from engine.model import CausalLM
-from engine.reply import ReplyParser
+from engine.reply import ReplyParser, parse_reply
 from engine.tokenizer import load_tokenizer, render_chat
 
 
@@ -107,7 +107,7 @@ def exact_match(session: ChatSession, items: list[dict], max_new_tokens: int = 3
         session.clear()
         *earlier, last = item["messages"]
         session.history = list(earlier)
-        got = session.answer(last["content"], greedy).strip()
+        got = parse_reply(session.answer(last["content"], greedy)).answer  # scored without its reasoning
         results.append({"id": item.get("id"), "kind": item.get("kind"), "expected": item["answer"], "got": got,
                         "ok": got == item["answer"].strip()})
     session.clear()

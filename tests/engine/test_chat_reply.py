@@ -95,7 +95,7 @@ def test_session_renders_tools_and_keeps_calls_without_reasoning(trained_run: Pa
     """Guards against tool specs never reaching the prompt's system turn, and against the session's
     history keeping the reasoning of a streamed reply (or losing its tool call)."""
     import engine.chat
-    from engine.chat import ChatSession
+    from engine.chat import ChatSession, exact_match
 
     session = ChatSession.open(trained_run)
     assert session.mode == "chat"
@@ -109,3 +109,5 @@ def test_session_renders_tools_and_keeps_calls_without_reasoning(trained_run: Pa
     assert session.history == [{"role": "user", "content": "2 plus 3?"}, parse_reply(REPLY).assistant_message()]
     follow_up = session.tokenizer.decode(session.prompt_ids("and now?"))
     assert "<tool_call>" in follow_up and "über simple" not in follow_up
+    scored = exact_match(session, [{"messages": [{"role": "user", "content": "2 plus 3?"}], "answer": "Let me add them."}])
+    assert scored["correct"] == 1  # held-out answers are scored without the reasoning in front of them
