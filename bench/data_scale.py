@@ -166,7 +166,9 @@ def main() -> int:
         digests = {(r["kind"], file_digest(Path(r["tokens_bin"]))) for r in rows}
         identical = len(digests) == 2  # one token file per kind, whatever the workers
         body = report_body(rows, special / n_sft, identical, args.quick)
-    publish("Token cache at size: one worker and all cores", body, print_only=args.no_publish)
+    from engine.cpu import describe_cpu
+
+    publish(f"Token cache at size: one worker and all cores, on {describe_cpu()}", body, print_only=args.no_publish)
     return 0
 
 
