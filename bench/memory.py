@@ -17,7 +17,6 @@ import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from bench.train import ROOT, publish, run_worker
 from engine.estimate import CPU_FRAMEWORK_BYTES
