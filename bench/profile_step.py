@@ -40,7 +40,7 @@ def profile(impl: str, shape: str, dtype: str) -> tuple[dict[str, float], float,
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from engine.attention import AttentionShape, choose_kernel
+    from engine.attention import set_training_kernel
     from engine.config import load_preset
     from engine.tuning import TuningRecord
 
@@ -50,10 +50,7 @@ def profile(impl: str, shape: str, dtype: str) -> tuple[dict[str, float], float,
     model.train()
     kernel = None
     if impl == "engine":
-        kernel, _ = choose_kernel("cpu", AttentionShape(batch, config.num_attention_heads, config.num_key_value_heads,
-                                                        seq, config.head_dim, config.num_hidden_layers, dtype),
-                                  TuningRecord(None))
-        model.set_attention_kernel(kernel)
+        kernel, _ = set_training_kernel(model, "cpu", batch, seq, dtype, TuningRecord(None))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
     tokens = torch.randint(3, config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
 

@@ -83,15 +83,12 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
     model.train()
     attention = None
     if impl == "engine":
-        from engine.attention import AttentionShape, choose_kernel
+        from engine.attention import set_training_kernel
         from engine.tuning import TuningRecord
 
         model.model.activation_checkpointing = checkpointing
         # The kernel training would choose here, measured afresh in this process (no record is reused).
-        attention, _ = choose_kernel(dev.type, AttentionShape(batch, config.num_attention_heads, config.num_key_value_heads,
-                                                              seq, config.head_dim, config.num_hidden_layers, dtype),
-                                     TuningRecord(None))
-        model.set_attention_kernel(attention)
+        attention, _ = set_training_kernel(model, dev.type, batch, seq, dtype, TuningRecord(None))
     elif checkpointing:
         model.gradient_checkpointing_enable()
     mode = "compiled" if compile is True else "eager"

@@ -28,7 +28,9 @@ MODELS = [
 CARDS = ["GTX 1650", "RTX 3070", "A6000"]  # 4 GB (no bf16), 8 GB, 48 GB (~46 GiB usable)
 
 
-def row(label: str, preset_name: str, overrides: list[str], card: str) -> str:
+def pretrain_on_card(preset_name: str, overrides: list[str], card: str):
+    """The estimator's answer for pretraining a preset on a card in its best 16-bit dtype: (card, dtype,
+    target, estimate, parameters, memory needed as text). Both tables are made of these."""
     from engine.config import load_preset
     from engine.estimate import Target, device_peak, estimate_stage
     from engine.flops import count_parameters
@@ -36,13 +38,18 @@ def row(label: str, preset_name: str, overrides: list[str], card: str) -> str:
     from studio.estimate_view import human_bytes
 
     gpu = find_gpu(card)
-    preset = load_preset(preset_name, overrides=["pretrain.batch_size=32", "pretrain.max_seq_len=512",
-                                                 "pretrain.accumulation_steps=8", *overrides])
+    preset = load_preset(preset_name, overrides=overrides)
     dtype = "bfloat16" if gpu.supports_bf16 else "float16"
     target = Target("cuda", dtype, int(gpu.memory_gib * 2**30), gpu.name, gpu, gpu.peak_tflops)
     estimate = estimate_stage(preset, "pretrain", target)
     total, _ = count_parameters(preset.model)
-    needed = human_bytes(device_peak(estimate.memory, target))
+    return gpu, dtype, target, estimate, total, human_bytes(device_peak(estimate.memory, target))
+
+
+def row(label: str, preset_name: str, overrides: list[str], card: str) -> str:
+    gpu, dtype, target, estimate, total, needed = pretrain_on_card(
+        preset_name, ["pretrain.batch_size=32", "pretrain.max_seq_len=512", "pretrain.accumulation_steps=8", *overrides],
+        card)
     if estimate.fits:
         verdict, fix = "fits", f"up to batch {estimate.largest_batch}"
     else:
@@ -74,23 +81,11 @@ TUTORIAL_ROWS = [
 
 def tutorial_row(machine: str, card: str, batch: int, epochs: str, took: str, params: str, hidden: int,
                  layers: int) -> str:
-    from engine.config import load_preset
-    from engine.estimate import Target, device_peak, estimate_stage
-    from engine.flops import count_parameters
-    from engine.gpus import find_gpu
-    from studio.estimate_view import human_bytes
-
-    gpu = find_gpu(card)
     heads, kv = (8, 2) if hidden == 512 else (16, 4)
-    preset = load_preset("minimind-26m", overrides=[
+    _, dtype, _, estimate, total, needed = pretrain_on_card("minimind-26m", [
         f"model.hidden_size={hidden}", f"model.num_hidden_layers={layers}", f"model.num_attention_heads={heads}",
         f"model.num_key_value_heads={kv}", f"pretrain.batch_size={batch}", "pretrain.max_seq_len=512",
-        "pretrain.accumulation_steps=8"])
-    dtype = "bfloat16" if gpu.supports_bf16 else "float16"
-    target = Target("cuda", dtype, int(gpu.memory_gib * 2**30), gpu.name, gpu, gpu.peak_tflops)
-    estimate = estimate_stage(preset, "pretrain", target)
-    total, _ = count_parameters(preset.model)
-    needed = human_bytes(device_peak(estimate.memory, target))
+        "pretrain.accumulation_steps=8"], card)
     if estimate.fits:
         says = f"fits (needs {needed}; up to batch {estimate.largest_batch})"
     else:

@@ -82,7 +82,7 @@ def detect_target(preset: Preset, device: str | None = None, gpu_name: str | Non
 
 def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20, warmup: int = 3) -> Calibration:
     """Run warmup + steps real training steps on random tokens; measure throughput and the memory peak."""
-    from engine.attention import AttentionShape, choose_kernel
+    from engine.attention import set_training_kernel
     from engine.model import CausalLM
     from engine.train import build_optimizer
     from engine.tuning import TuningRecord
@@ -96,11 +96,8 @@ def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20,
     generator = torch.Generator().manual_seed(0)
     model = CausalLM(preset.model).to(device)
     model.model.activation_checkpointing = preset.runtime.activation_checkpointing
-    attention, _ = choose_kernel(device.type, AttentionShape(
-        cfg.batch_size, preset.model.num_attention_heads, preset.model.num_key_value_heads, cfg.max_seq_len,
-        preset.model.head_dim, preset.model.num_hidden_layers, precision.dtype, preset.model.dropout),
-        TuningRecord(Path(preset.runtime.cache_dir), device))
-    model.set_attention_kernel(attention)
+    attention, _ = set_training_kernel(model, device.type, cfg.batch_size, cfg.max_seq_len, precision.dtype,
+                                       TuningRecord(Path(preset.runtime.cache_dir), device))
     model.train()
     optimizer = build_optimizer(model, cfg, device)
     batch = torch.randint(3, preset.model.vocab_size, (cfg.batch_size, cfg.max_seq_len + 1), generator=generator)

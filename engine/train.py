@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from engine.attention import AttentionShape, choose_kernel
+from engine.attention import set_training_kernel
 from engine.compile_policy import EAGER_CPU_MFU, CompiledForward, compile_key, decide
 from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks, split_indices
 from engine.checkpoint import (
@@ -194,10 +194,8 @@ def train_stage(
     model.train()
     model.model.activation_checkpointing = preset.runtime.activation_checkpointing
     record = TuningRecord(Path(preset.runtime.cache_dir), precision.device)
-    attention, attention_reason = choose_kernel(precision.device.type, AttentionShape(
-        cfg.batch_size, preset.model.num_attention_heads, preset.model.num_key_value_heads, cfg.max_seq_len,
-        preset.model.head_dim, preset.model.num_hidden_layers, precision.dtype, preset.model.dropout), record)
-    model.set_attention_kernel(attention)
+    attention, attention_reason = set_training_kernel(model, precision.device.type, cfg.batch_size, cfg.max_seq_len,
+                                                      precision.dtype, record)
     if precision.device.type == "cuda":
         # fp32 matmuls (a float32 run, and anything autocast leaves in fp32) on TF32 tensor cores.
         torch.backends.cuda.matmul.allow_tf32 = True
