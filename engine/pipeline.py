@@ -27,6 +27,7 @@ from engine.checkpoint import (
 from engine.config import Preset, PresetError, StageName, load_preset, resolve_path
 from engine.events import EventLog, Listener
 from engine.runs import (
+from engine.run_state import RunState
     Heartbeat,
     RunLock,
     claim_status,
@@ -43,7 +44,7 @@ STATUS_REFRESH_S = 2.0
 @dataclass
 class PipelineResult:
     run_dir: Path
-    state: str  # finished | stopped | failed
+    state: RunState  # finished | stopped | failed
     stages: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -60,7 +61,7 @@ class _StopFlag:
         stopping = self.signalled is not None or stop_requested(self.run_dir)
         if stopping and not self.announced:
             self.announced = True
-            write_status(self.run_dir, state="stopping")
+            write_status(self.run_dir, state=RunState.STOPPING)
         return stopping
 
     @contextmanager
@@ -118,7 +119,7 @@ def prepare_tokenizer(preset: Preset, run_dir: Path, log: EventLog, resume: bool
             max_train_chars=cfg.max_train_chars, model_max_length=cfg.model_max_length, on_bad_line=cfg.on_bad_line,
         )
     summary = report.to_dict()
-    log.emit("stage_end", stage="tokenizer", state="finished", step=1, total_steps=1, **summary)
+    log.emit("stage_end", stage="tokenizer", state=RunState.FINISHED, step=1, total_steps=1, **summary)
     return summary
 
 
@@ -205,11 +206,11 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
     if tracker:
         log.listeners.append(tracker)
     stop = _StopFlag(run_dir)
-    result = PipelineResult(run_dir, "finished")
+    result = PipelineResult(run_dir, RunState.FINISHED)
     done = set(read_status(run_dir).get("stages_done", [])) if resume else set()
     if resume:
         (run_dir / "control" / "stop").unlink(missing_ok=True)  # the stop that ended the last session is spent
-    claim_status(run_dir, state="running", exit_reason=None, resumed=resume, stages_done=sorted(done))
+    claim_status(run_dir, state=RunState.RUNNING, exit_reason=None, resumed=resume, stages_done=sorted(done))
     try:
         with stop.handling_signals():
             for stage in stages or preset.stages:
@@ -226,8 +227,8 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
                     outcome = train_stage(stage, preset, run_dir, tokenizer_dir, log, init_from=init,
                                           resume=resume, should_stop=stop)
                     result.stages[stage] = outcome
-                    if outcome.state == "stopped":
-                        result.state = "stopped"
+                    if outcome.state == RunState.STOPPED:
+                        result.state = RunState.STOPPED
                         break
                     if preset.stage(stage).heldout_path:
                         outcome.extra["heldout"] = score_heldout(stage, preset, run_dir, outcome, log)
@@ -235,14 +236,14 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
                 write_status(run_dir, stages_done=sorted(done))
     except Exception as error:  # noqa: BLE001 - every failure is recorded in the run dir, then re-raised
         message = str(error) or type(error).__name__
-        result.state, result.error = "failed", message
+        result.state, result.error = RunState.FAILED, message
         log.emit("error", message=message, error_type=type(error).__name__, traceback=traceback.format_exc())
-        write_status(run_dir, state="failed", exit_reason=message)
+        write_status(run_dir, state=RunState.FAILED, exit_reason=message)
         if tracker:
-            tracker.close("failed", message)
+            tracker.close(RunState.FAILED, message)
         log.close()
         raise
-    reason = f"stop requested ({stop.signalled or 'control/stop'})" if result.state == "stopped" else "all stages done"
+    reason = f"stop requested ({stop.signalled or 'control/stop'})" if result.state == RunState.STOPPED else "all stages done"
     write_status(run_dir, state=result.state, exit_reason=reason)
     if tracker:
         tracker.close(result.state)

@@ -28,8 +28,7 @@ from typing import Any
 from engine.atomic import write_json_atomic, write_text_atomic
 from engine.config import Preset, output_path, preset_to_toml, resolve_path
 
-RUN_STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
-LIVE_STATES = ("queued", "running", "stopping")
+from engine.run_state import RunState
 # A live run refreshes heartbeat_at every HEARTBEAT_S; readers call it crashed when the process is gone
 # (same host) or, for a run on another host sharing the disk, when the heartbeat is older than STALE_S.
 HEARTBEAT_S = 5.0
@@ -82,7 +81,7 @@ def create_run(preset: Preset) -> Path:
             continue
     (run_dir / "control").mkdir()
     write_text_atomic(run_dir / "preset.toml", preset_to_toml(frozen))
-    write_status(run_dir, state="queued", preset=frozen.name, stage=None, step=0, total_steps=0)
+    write_status(run_dir, state=RunState.QUEUED, preset=frozen.name, stage=None, step=0, total_steps=0)
     return run_dir
 
 
@@ -129,17 +128,17 @@ def process_alive(status: dict[str, Any]) -> bool:
     return recorded is None or abs(started - recorded) < 1.0
 
 
-def effective_state(status: dict[str, Any], now: float | None = None) -> str:
-    """The state to show: a live state whose process died without saying so (kill -9, reboot) is 'crashed'."""
-    state = status.get("state", "unknown")
-    if state not in LIVE_STATES:
+def effective_state(status: dict[str, Any], now: float | None = None) -> RunState:
+    """The state to show: a live state whose process died without saying so (kill -9, reboot) is CRASHED."""
+    state = RunState.parse(status.get("state"))
+    if not state.live:
         return state
     age = (now or time.time()) - status.get("heartbeat_at", 0)
-    if state == "queued":  # the launcher's pid is recorded until the run process claims the status
-        return state if age < STALE_S else "crashed"
+    if state == RunState.QUEUED:  # the launcher's pid is recorded until the run process claims the status
+        return state if age < STALE_S else RunState.CRASHED
     if status.get("host") == socket.gethostname():
-        return state if process_alive(status) else "crashed"
-    return state if age < STALE_S else "crashed"
+        return state if process_alive(status) else RunState.CRASHED
+    return state if age < STALE_S else RunState.CRASHED
 
 
 class RunBusy(RuntimeError):
@@ -270,7 +269,7 @@ class RunSummary:
 
     run_dir: Path
     preset: str
-    state: str
+    state: RunState
     stage: str | None
     step: int
     total_steps: int
@@ -287,7 +286,7 @@ class RunSummary:
     @property
     def live(self) -> bool:
         """A process may still be writing this run (a crashed one is not live)."""
-        return self.state in LIVE_STATES
+        return self.state.live
 
 
 def summarize(run_dir: Path) -> RunSummary:

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 console = Console()
+from engine.run_state import RunState
 err_console = Console(stderr=True)
 
 
@@ -69,7 +70,7 @@ def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
     with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
         result = run_pipeline(run_dir, resume=resume, listeners=[progress, plain_log_listener(log)])
     console.print(summary_table(result))
-    if result.state == "stopped":
+    if result.state == RunState.STOPPED:
         console.print(f"stopped cleanly; continue with: minimind-studio resume {run_dir.name}")
     else:
         console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
@@ -87,7 +88,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     run_dir = find_run(args.run, args.out_dir)
     state = effective_state(read_status(run_dir))
-    if state not in ("queued", "running", "stopping"):
+    if not state.live:
         console.print(f"{run_dir.name} is not running ({state}); nothing to stop")
         return 0
     request_stop(run_dir)

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from engine.events import format_event, mfu_text, read_events
 from engine.runs import effective_state, read_status
-from studio.runs_table import STATE_STYLE
+from studio.display import num, state_style, state_text, text_or_missing
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -82,12 +82,11 @@ class RunFollower:
         step, total = status.get("step", 0), status.get("total_steps", 0) or 1
         s = self.last_step
         head = Table.grid(padding=(0, 2))
-        head.add_row(Text(self.run_dir.name, style="bold"), Text(state, style=STATE_STYLE.get(state, "")),
-                     f"stage {status.get('stage') or '-'}", f"step {step}/{status.get('total_steps', 0)}")
+        head.add_row(Text(self.run_dir.name, style="bold"), state_text(state),
+                     f"stage {text_or_missing(status.get('stage'))}", f"step {step}/{status.get('total_steps', 0)}")
 
         def fmt(key: str, spec: str, source: dict[str, Any] = s) -> str:
-            value = source.get(key)
-            return "-" if value is None else format(value, spec)
+            return num(source.get(key), spec)
 
         memory = f"rss {fmt('rss_mb', ',.0f')} MiB" if "rss_mb" in s else (
             f"alloc {fmt('mem_alloc_mb', ',.0f')} / peak {fmt('mem_peak_mb', ',.0f')} / reserved {fmt('mem_reserved_mb', ',.0f')} MiB")
@@ -99,8 +98,8 @@ class RunFollower:
         bar.add_row(ProgressBar(total=total, completed=min(step, total)))
         parts: list[Any] = [head, bar, metrics,
                             Text(sparkline(list(self.losses)), style="cyan")]
-        if status.get("exit_reason") and state not in ("running", "queued"):
-            parts.append(Text(f"exit: {status['exit_reason']}", style=STATE_STYLE.get(state, "")))
+        if status.get("exit_reason") and not state.live:
+            parts.append(Text(f"exit: {status['exit_reason']}", style=state_style(state)))
         parts.append(Panel("\n".join(self.lines) or "(no events yet)", title="events", title_align="left"))
         parts.append(Panel("\n".join(tail_lines(self.run_dir / "train.log", log_lines)) or "(empty)",
                            title="train.log", title_align="left"))
@@ -118,7 +117,7 @@ def show_logs(run_dir: Path, follow: bool, console: Console, interval: float = 1
             time.sleep(interval)
             follower.poll()
             live.update(follower.render())
-            if effective_state(read_status(run_dir)) not in ("queued", "running", "stopping"):
+            if not effective_state(read_status(run_dir)).live:
                 follower.poll()
                 live.update(follower.render())
                 return

@@ -16,9 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+from studio.display import MISSING, num
 
 
 class RunProgress:
@@ -60,21 +58,21 @@ class RunProgress:
             )
         elif kind == "step" and stage in self.tasks:
             metrics = (
-                f"loss {_fmt(event.get('loss'), '.4f')}  lr {_fmt(event.get('lr'), '.2e')}  "
-                f"{_fmt(event.get('tokens_per_s'), ',.0f')} tok/s"
+                f"loss {num(event.get('loss'), '.4f')}  lr {num(event.get('lr'), '.2e')}  "
+                f"{num(event.get('tokens_per_s'), ',.0f')} tok/s"
             )
             self.progress.update(self.tasks[stage], completed=event["step"], metrics=metrics)
         elif kind == "eval" and event.get("heldout_total"):
             self.console.print(f"  {stage} step {event['step']}: held-out exact match {event['heldout_accuracy']:.1%} "
                                f"({event['heldout_correct']}/{event['heldout_total']})")
         elif kind == "eval":
-            self.console.print(f"  {stage} step {event['step']}: eval loss {_fmt(event.get('eval_loss'), '.4f')}")
+            self.console.print(f"  {stage} step {event['step']}: eval loss {num(event.get('eval_loss'), '.4f')}")
         elif kind == "stage_end" and stage in self.tasks:
             self.progress.update(self.tasks[stage], completed=event["step"])
             if stage == "tokenizer":
                 self.console.print(
-                    f"tokenizer: vocab {event.get('vocab_size')}, {_fmt(event.get('chars_per_token'), '.2f')} chars/token "
-                    f"on held-out text, {_fmt(event.get('train_seconds'), '.1f')} s"
+                    f"tokenizer: vocab {event.get('vocab_size')}, {num(event.get('chars_per_token'), '.2f')} chars/token "
+                    f"on held-out text, {num(event.get('train_seconds'), '.1f')} s"
                 )
         elif kind == "cache_progress":
             # Tokenizing a big file into the cache takes minutes before the first step: its own bar, in MB.
@@ -99,15 +97,15 @@ def summary_table(result: Any) -> Table:
         if outcome is None:
             continue
         if name == "tokenizer":
-            table.add_row(name, "-", f"{outcome['train_seconds']:.1f}s", "-", "-",
+            table.add_row(name, MISSING, f"{outcome['train_seconds']:.1f}s", MISSING, MISSING,
                           f"vocab {outcome['vocab_size']}, {outcome['chars_per_token']:.2f} chars/token")
             continue
-        output = str(outcome.checkpoint or "-")
+        output = str(outcome.checkpoint or MISSING)
         heldout = outcome.extra.get("heldout")
         if heldout:
             output += f"\nheld-out exact match {heldout['accuracy']:.1%} ({heldout['correct']}/{heldout['total']})"
         table.add_row(
-            name, f"{outcome.step}/{outcome.total_steps}", f"{outcome.seconds:.1f}s", _fmt(outcome.final_loss, ".4f"),
-            _fmt(outcome.eval_loss, ".4f"), output,
+            name, f"{outcome.step}/{outcome.total_steps}", f"{outcome.seconds:.1f}s", num(outcome.final_loss, ".4f"),
+            num(outcome.eval_loss, ".4f"), output,
         )
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.run_state import RunState
 from engine.runs import RunSummary, list_runs, summarize
 
 
@@ -14,5 +15,5 @@ def scan_runs(runs_dir: Path) -> list[RunSummary]:
         try:
             rows.append(summarize(run_dir))
         except (OSError, ValueError):  # a hand-edited preset.toml (PresetError is a ValueError)
-            rows.append(RunSummary(run_dir, "?", "broken", None, 0, 0, None, None, None, None, None))
+            rows.append(RunSummary(run_dir, "?", RunState.BROKEN, None, 0, 0, None, None, None, None, None))
     return rows

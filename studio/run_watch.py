@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.events import format_event, read_events
+from engine.run_state import RunState
 from engine.runs import effective_state, read_status
 from studio.logs_view import tail_lines
 from studio.series import Ema, Series
@@ -47,7 +48,7 @@ def _size(path: Path) -> int:
 @dataclass(frozen=True)
 class StageView:
     name: str
-    state: str  # pending | running | finished | stopped | failed
+    state: RunState  # pending | running | finished | stopped | failed
     step: int
     total_steps: int
     eta_s: float | None
@@ -63,7 +64,7 @@ class StageView:
 class RunSnapshot:
     run_dir: Path
     preset: str
-    state: str  # effective state: a dead live run reads "crashed"
+    state: RunState  # effective state: a dead live run reads CRASHED
     status: dict[str, Any]
     stage: str | None  # the stage running now (or the last one that ran)
     stages: tuple[StageView, ...]
@@ -86,7 +87,7 @@ class RunSnapshot:
 @dataclass
 class _Stage:
     name: str
-    state: str = "pending"
+    state: RunState = RunState.PENDING
     step: int = 0
     total_steps: int = 0
     eta_s: float | None = None
@@ -119,7 +120,7 @@ class RunWatch:
         self.setup: dict[str, dict[str, Any]] = {}  # device, dtype, params from each stage_start
         self.lines: deque[str] = deque(maxlen=EVENT_LINES)
         self.status: dict[str, Any] = {}
-        self.state = "unknown"
+        self.state = RunState.UNKNOWN
         self.log_tail: tuple[str, ...] = ()
         self._log_sig: tuple[int, int] | None = None
         self.more_pending = False
@@ -220,14 +221,14 @@ class RunWatch:
             stage.cache = None
             if stage.step > event.get("start_step", 0):
                 stage.rewind(event.get("start_step", 0))
-            stage.state, stage.step = "running", event.get("start_step", 0)
+            stage.state, stage.step = RunState.RUNNING, event.get("start_step", 0)
             stage.total_steps = event.get("total_steps", 0)
             self.current = stage.name
             self.setup[stage.name] = {k: event.get(k) for k in ("device", "dtype", "params") if event.get(k) is not None}
         elif kind == "stage_end" and stage is not None:
-            stage.state, stage.step = event.get("state", "finished"), event.get("step", stage.step)
+            stage.state, stage.step = RunState.parse(event.get("state", RunState.FINISHED)), event.get("step", stage.step)
             stage.total_steps = event.get("total_steps", stage.total_steps)
-            stage.eta_s = 0.0 if stage.state == "finished" else stage.eta_s
+            stage.eta_s = 0.0 if stage.state == RunState.FINISHED else stage.eta_s
         elif kind == "eval" and stage is not None:
             stage.series["eval_loss"].add(event.get("step", 0), event.get("eval_loss"))
             # Merge: a held-out accuracy event must not hide the eval loss reported just before it.
@@ -241,7 +242,7 @@ class RunWatch:
         step = event.get("step", 0)
         if self.current != stage.name:
             self.current = stage.name
-        stage.state = "running" if stage.state == "pending" else stage.state
+        stage.state = RunState.RUNNING if stage.state == RunState.PENDING else stage.state
         stage.step, stage.total_steps = step, event.get("total_steps", stage.total_steps)
         stage.eta_s = event.get("eta_s")
         loss = event.get("loss")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 
 from rich.table import Table
+from rich.text import Text
 
 from engine.runs import RunSummary
+from studio.display import MISSING, num, state_text, text_or_missing
 
 COLUMNS = ("id", "preset", "stage", "step", "loss", "tok/s", "state", "age")
-STATE_STYLE = {"running": "green", "finished": "bold green", "stopped": "yellow", "stopping": "yellow",
-               "failed": "red", "crashed": "bold red", "queued": "cyan", "broken": "red"}
 
 
 def human_age(seconds: float | None) -> str:
     if seconds is None:
-        return "-"
+        return MISSING
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
@@ -25,9 +25,8 @@ def human_age(seconds: float | None) -> str:
 def row_cells(s: RunSummary, now: float) -> tuple[str, ...]:
     """The text of one row, in COLUMNS order (shared by the CLI table and the studio's DataTable)."""
     return (
-        s.run_id, s.preset, s.stage or "-", f"{s.step}/{s.total_steps}",
-        "-" if s.loss is None else f"{s.loss:.4f}", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
-        s.state, human_age(now - s.started_at if s.started_at else None),
+        s.run_id, s.preset, text_or_missing(s.stage), f"{s.step}/{s.total_steps}",
+        num(s.loss, ".4f"), num(s.tokens_per_s, ",.0f"), str(s.state), human_age(now - s.started_at if s.started_at else None),
     )
 
 
@@ -37,7 +36,7 @@ def runs_table(summaries: list[RunSummary], now: float | None = None) -> Table:
     for column in COLUMNS:
         table.add_column(column, no_wrap=True)
     for s in summaries:
-        cells = list(row_cells(s, now))
-        cells[6] = f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]"
+        cells: list[str | Text] = list(row_cells(s, now))
+        cells[6] = state_text(s.state)
         table.add_row(*cells)
     return table

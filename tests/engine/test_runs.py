@@ -20,6 +20,7 @@ from engine.checkpoint import read_checkpoint
 from engine.config import PROJECT_ROOT, save_preset
 from engine.events import iter_events, read_events
 from engine.pipeline import run_pipeline
+from engine.run_state import RunState
 from engine.runs import (
     RunLock,
     create_run,
@@ -93,6 +94,20 @@ def test_crashed_is_derived_from_a_dead_process_or_stale_heartbeat() -> None:
     assert effective_state({**remote, "heartbeat_at": now - 600}, now) == "crashed"
     assert effective_state({"state": "queued", "heartbeat_at": now - 600}, now) == "crashed"
     assert effective_state({**me, "state": "finished", "pid": dead.pid}, now) == "finished"
+
+
+def test_run_states_stay_plain_strings_on_disk(make_preset) -> None:
+    """Guards against the RunState enum leaking into the on-disk contract ("RunState.QUEUED" in status.json,
+    which older studios and `jq` scripts would not read) or into text ("RunState.RUNNING" in a table on
+    Python 3.11+), and against an unknown state from a newer writer crashing a reader."""
+    run_dir = create_run(make_preset())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "queued"
+    assert '"state": "queued"' in (run_dir / "status.json").read_text()
+    assert f"{RunState.RUNNING} {RunState.FAILED:>7}" == "running  failed" and str(RunState.CRASHED) == "crashed"
+    assert effective_state({"state": "paused-by-a-newer-engine"}) is RunState.UNKNOWN
+    assert effective_state({}) is RunState.UNKNOWN
+    assert [s.value for s in RunState if s.live] == ["queued", "running", "stopping"]
+    assert {s.value for s in RunState if s.terminal} == {"stopped", "finished", "failed", "crashed"}
 
 
 def test_reader_waits_for_a_torn_last_line(tmp_path: Path) -> None:

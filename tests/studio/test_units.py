@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
+from types import SimpleNamespace
 
 from engine.config import PROJECT_ROOT, load_preset, parse_override
+from engine.run_state import RunState
+from engine.runs import RunSummary
 from studio.preset_form import (
     cli_command,
     cli_value,
@@ -13,6 +17,7 @@ from studio.preset_form import (
     schema_fields,
     set_value,
 )
+from studio.run_watch import StageView
 from studio.series import Ema, Series
 
 
@@ -64,3 +69,43 @@ def test_cli_command_reads_back_as_the_same_preset() -> None:
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     assert load_preset(PROJECT_ROOT / "presets" / "tiny.toml", overrides).model_dump(mode="json") == data
     assert unexpressible == []
+
+
+def test_a_run_state_looks_the_same_in_every_view() -> None:
+    """Guards against the three views of a run's state disagreeing (a failed run bold red in the monitor
+    but plain red in the runs table), and against a crashed stage's bar losing its colour because the
+    stage view had no entry for 'crashed'."""
+    from rich.progress_bar import ProgressBar
+
+    from studio.display import state_colour, state_style, state_text
+    from studio.runs_table import runs_table
+    from studio.widgets.monitor.stage_progress import stages_table
+
+    for state in RunState:
+        assert state_text(state).plain == state.value and state_style(state).endswith(state_colour(state))
+    assert state_style(RunState.CRASHED) == "bold red" and state_colour(RunState.CRASHED) == "red"
+    assert state_style("finished") == state_style(RunState.FINISHED) and state_style("from-the-future") == ""
+
+    summary = RunSummary(Path("runs/x"), "tiny", RunState.FAILED, "pretrain", 3, 10, None, None, None, None, None)
+    cell = runs_table([summary], now=0).columns[6]._cells[0]
+    assert cell.plain == "failed" and cell.style == state_style("failed")
+
+    stage = StageView("pretrain", RunState.RUNNING, 3, 10, None, {})
+    snapshot = SimpleNamespace(state=RunState.CRASHED, stage="pretrain", stages=(stage,))
+    row = stages_table(snapshot).columns  # the running stage of a crashed run takes the run's state
+    bar, tail = row[1]._cells[0], row[3]._cells[0]
+    assert isinstance(bar, ProgressBar) and bar.complete_style == "red"
+    assert tail.plain == "crashed" and tail.style == "bold red"
+
+
+def test_a_missing_number_is_one_dash_everywhere() -> None:
+    """Guards against "None", "n/a" or an em dash showing for a metric not logged yet, in some views only."""
+    from studio.display import MISSING, num, text_or_missing
+    from studio.runs_table import human_age, row_cells
+    from studio.widgets.monitor.memory_panel import mib
+
+    assert MISSING == "-" and num(None, ".4f") == MISSING and num(1.23456, ".4f") == "1.2346"
+    assert text_or_missing(None) == MISSING and text_or_missing("sft") == "sft"
+    assert human_age(None) == mib(None) == MISSING
+    summary = RunSummary(Path("runs/x"), "tiny", RunState.QUEUED, None, 0, 0, None, None, None, None, None)
+    assert row_cells(summary, now=0)[2:6] == (MISSING, "0/0", MISSING, MISSING)

@@ -9,10 +9,12 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from studio.display import MISSING
+
 
 def mib(value: float | None) -> str:
     if value is None:
-        return "-"
+        return MISSING
     return f"{value / 1024:.1f} GiB" if value >= 1024 else f"{value:.0f} MiB"
 
 

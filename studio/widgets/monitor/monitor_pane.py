@@ -21,6 +21,8 @@ from textual.widgets import Static
 from textual.worker import get_current_worker
 
 from engine.events import mfu_text
+from engine.run_state import RunState
+from studio.display import num, state_colour, state_text, text_or_missing
 from studio.messages import RunUpdated
 from studio.run_watch import RunSnapshot, WatchPool
 from studio.screens.pick_runs_modal import PickRunsModal
@@ -28,13 +30,6 @@ from studio.widgets.monitor.memory_panel import MemoryPanel
 from studio.widgets.monitor.metric_plot import Line, MetricPlot
 from studio.widgets.monitor.stage_progress import StageProgress
 from studio.widgets.pane import Pane
-
-STATE_STYLE = {"running": "bold green", "finished": "bold green", "stopped": "yellow", "stopping": "yellow",
-               "failed": "bold red", "crashed": "bold red", "queued": "cyan"}
-
-
-def _num(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 class MonitorPane(Pane):
@@ -186,22 +181,22 @@ class MonitorPane(Pane):
         head = Text()
         head.append(snap.run_id, style="bold")
         head.append("  ")
-        head.append(snap.state, style=STATE_STYLE.get(snap.state, ""))
+        head.append_text(state_text(snap.state))
         setup = " ".join(str(snap.setup[k]) for k in ("device", "dtype") if snap.setup.get(k))
-        head.append(f"  stage {snap.stage or '-'}" + (f"  {setup}" if setup else ""))
+        head.append(f"  stage {text_or_missing(snap.stage)}" + (f"  {setup}" if setup else ""))
         if len(self.run_dirs) > 1:
             head.append(f"  +{len(self.run_dirs) - 1} overlaid", style="cyan")
-        if snap.state in ("failed", "crashed", "stopped") and snap.status.get("exit_reason"):
-            head.append(f"  {snap.status['exit_reason']}", style="red" if snap.state != "stopped" else "yellow")
+        if snap.state in (RunState.FAILED, RunState.CRASHED, RunState.STOPPED) and snap.status.get("exit_reason"):
+            head.append(f"  {snap.status['exit_reason']}", style=state_colour(snap.state))
         return head
 
     def _metrics(self, snap: RunSnapshot) -> Text:
         s, e = snap.last_step, snap.last_eval
         rows = [
-            ("loss", _num(s.get("loss"), ".4f")), ("eval", _num(e.get("eval_loss"), ".4f")),
-            ("lr", _num(s.get("lr"), ".2e")), ("grad", _num(s.get("grad_norm"), ".3f")),
-            ("tok/s", _num(s.get("tokens_per_s"), ",.0f")), ("mfu", mfu_text(s)),
-            ("tokens", _num(s.get("tokens_seen"), ",")), ("epoch", _num(s.get("epoch"), ".2f")),
+            ("loss", num(s.get("loss"), ".4f")), ("eval", num(e.get("eval_loss"), ".4f")),
+            ("lr", num(s.get("lr"), ".2e")), ("grad", num(s.get("grad_norm"), ".3f")),
+            ("tok/s", num(s.get("tokens_per_s"), ",.0f")), ("mfu", mfu_text(s)),
+            ("tokens", num(s.get("tokens_seen"), ",")), ("epoch", num(s.get("epoch"), ".2f")),
         ]
         if e.get("heldout_accuracy") is not None:
             rows.append(("held-out", f"{e['heldout_accuracy']:.1%} ({e.get('heldout_correct')}/{e.get('heldout_total')})"))

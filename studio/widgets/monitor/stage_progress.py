@@ -7,9 +7,9 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.run_state import RunState
+from studio.display import state_colour, state_style
 from studio.run_watch import RunSnapshot
-
-STATE_STYLE = {"running": "green", "finished": "bold green", "stopped": "yellow", "failed": "red", "pending": "dim"}
 
 
 def eta_text(seconds: float | None) -> str:
@@ -31,28 +31,33 @@ def cache_row(name: str, cache: dict, bold: bool) -> tuple:
     )
 
 
+def stages_table(snapshot: RunSnapshot | None) -> Table | str:
+    """One row per stage of the snapshot ('' before any stage is known)."""
+    if snapshot is None or not snapshot.stages:
+        return ""
+    table = Table.grid(padding=(0, 1), expand=True)
+    table.add_column(width=9, no_wrap=True)
+    table.add_column(ratio=1)
+    table.add_column(width=13, no_wrap=True, justify="right")
+    table.add_column(width=12, no_wrap=True)
+    died = snapshot.state in (RunState.CRASHED, RunState.FAILED)  # the stage it died in takes the run's state
+    for stage in snapshot.stages:
+        crashed = died and stage.name == snapshot.stage and stage.state == RunState.RUNNING
+        state = snapshot.state if crashed else stage.state
+        tail = eta_text(stage.eta_s) if state == RunState.RUNNING else str(state)
+        if stage.cache is not None and state == RunState.PENDING:
+            table.add_row(*cache_row(stage.name, stage.cache, bold=stage.name == snapshot.stage))
+            continue
+        table.add_row(
+            Text(stage.name, style="bold" if stage.name == snapshot.stage else ""),
+            ProgressBar(total=max(1, stage.total_steps), completed=stage.step if stage.total_steps else 0,
+                        complete_style=state_colour(state), finished_style="green"),
+            f"{stage.step}/{stage.total_steps}",
+            Text(tail, style=state_style(state)),
+        )
+    return table
+
+
 class StageProgress(Static):
     def show(self, snapshot: RunSnapshot | None) -> None:
-        if snapshot is None or not snapshot.stages:
-            self.update("")
-            return
-        table = Table.grid(padding=(0, 1), expand=True)
-        table.add_column(width=9, no_wrap=True)
-        table.add_column(ratio=1)
-        table.add_column(width=13, no_wrap=True, justify="right")
-        table.add_column(width=12, no_wrap=True)
-        for stage in snapshot.stages:
-            crashed = snapshot.state in ("crashed", "failed") and stage.name == snapshot.stage and stage.state == "running"
-            state = snapshot.state if crashed else stage.state
-            tail = eta_text(stage.eta_s) if state == "running" else state
-            if stage.cache is not None and state == "pending":
-                table.add_row(*cache_row(stage.name, stage.cache, bold=stage.name == snapshot.stage))
-                continue
-            table.add_row(
-                Text(stage.name, style="bold" if stage.name == snapshot.stage else ""),
-                ProgressBar(total=max(1, stage.total_steps), completed=stage.step if stage.total_steps else 0,
-                            complete_style=STATE_STYLE.get(state, "red"), finished_style="green"),
-                f"{stage.step}/{stage.total_steps}",
-                Text(tail, style=STATE_STYLE.get(state, "bold red")),
-            )
-        self.update(table)
+        self.update(stages_table(snapshot))

@@ -19,8 +19,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 from textual.worker import Worker
 
+from engine.run_state import RunState
 from engine.runs import (
-    LIVE_STATES,
     RunSummary,
     effective_state,
     read_status,
@@ -28,11 +28,12 @@ from engine.runs import (
 )
 from studio import exporter, launcher
 from studio.checkpoint_list import list_checkpoint_choices
+from studio.display import state_text
 from studio.exporter import ExportRequest
 from studio.messages import ExportDone, ExportFailed, OpenRuns, RunsScanned
 from studio.paths import display_path
 from studio.run_rows import scan_runs
-from studio.runs_table import COLUMNS, STATE_STYLE, row_cells
+from studio.runs_table import COLUMNS, row_cells
 from studio.screens.confirm_modal import ConfirmModal
 from studio.screens.error_modal import ErrorModal
 from studio.screens.export_modal import ExportModal
@@ -118,7 +119,7 @@ class RunsPane(Pane):
     def _cells(self, row: RunSummary, now: float) -> list[Any]:
         cells: list[Any] = list(row_cells(row, now))
         cells[0] = (MARK if row.run_dir in self.marked else "") + cells[0]
-        cells[6] = Text(row.state, style=STATE_STYLE.get(row.state, ""))
+        cells[6] = state_text(row.state)
         return cells
 
     def _hint(self) -> None:
@@ -160,7 +161,7 @@ class RunsPane(Pane):
             text = f"{display_path(row.run_dir)}/"
             if reason and not row.live:
                 text += f" · {reason}"
-            if row.state == "crashed":
+            if row.state == RunState.CRASHED:
                 text += " · the process is gone without a word (killed?): r resumes from its last checkpoint"
         self.query_one("#runs-detail", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
 
@@ -206,7 +207,7 @@ class RunsPane(Pane):
         if row.live:
             self.notify(f"{row.run_id} is {row.state}; nothing to resume", severity="warning")
             return
-        if row.state == "finished":
+        if row.state == RunState.FINISHED:
             self.notify(f"{row.run_id} finished; launch its preset again for a new run", severity="warning")
             return
         self._resume(row.run_dir)
@@ -230,7 +231,7 @@ class RunsPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-delete", name="delete")
     def _delete(self, run_dir: Path) -> None:
-        if effective_state(read_status(run_dir)) in LIVE_STATES:  # it may have been resumed since the question
+        if effective_state(read_status(run_dir)).live:  # it may have been resumed since the question
             raise RuntimeError(f"{run_dir.name} is running again; stop it before deleting")
         shutil.rmtree(run_dir)
         self.post_message(RunsScanned(scan_runs(self.app.runs_dir)))  # type: ignore[attr-defined]
