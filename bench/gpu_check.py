@@ -69,10 +69,10 @@ def device_section(report: Report) -> float:
 
 
 def training_section(report: Report, peak: float, quick: bool) -> None:
+    import torch
+
     from bench.train import run_worker
     from engine.hardware import gpu_peak_tflops
-
-    import torch
 
     datasheet = gpu_peak_tflops(torch.cuda.get_device_name()) or peak
     schedule = (3, 3, 5) if quick else (3, 5, 10)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from engine.data import IGNORE_INDEX, TokenCache
+from engine.errors import DataError
 
 # --------------------------------------------------------------------------------------------
 # Fixed-shape blocks
@@ -26,7 +27,7 @@ class PretrainBlocks(torch.utils.data.Dataset):
         self.cache, self.seq_len = cache, seq_len
         self.n_blocks = max(0, (cache.n_tokens - 1) // seq_len)
         if self.n_blocks == 0:
-            raise ValueError(f"the corpus has {cache.n_tokens} tokens, too few for one block of {seq_len}; "
+            raise DataError(f"the corpus has {cache.n_tokens} tokens, too few for one block of {seq_len}; "
                              "lower pretrain.max_seq_len or add data to pretrain.data_path")
 
     def __len__(self) -> int:
@@ -125,7 +126,7 @@ class EpochSampler:
         self.batch_size, self.seed = batch_size, seed
         self.batches_per_epoch = len(self.indices) // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise DataError(
                 f"only {len(self.indices)} training sequences, fewer than batch_size {batch_size}; "
                 "lower batch_size or max_seq_len, or add data"
             )

@@ -24,7 +24,9 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from engine.data import DataFormatError, Kind, ReadStats, parse_line
+from engine.data import Kind, ReadStats, parse_line
+from engine.errors import DataError
+from engine.messages import RecordProblem
 from engine.sft_mask import SpanFinder, encode_with_masks, tokenizer_render
 
 RANGE_BYTES = 32 << 20  # one task: big enough that per-task overhead vanishes, small enough to balance cores
@@ -126,7 +128,7 @@ class RangeEncoder:
             for line_no, conv in batch:
                 try:
                     full, turn_spans = self.finder(conv)
-                except ValueError as error:
+                except RecordProblem as error:
                     result.error = (line_no, (f"{error}. Check the chat_template in the tokenizer's tokenizer_config.json "
                                               "(tokenizer.from_dir when it was adopted)."))
                     return False
@@ -150,7 +152,7 @@ def range_size(size: int, workers: int) -> int:
 def write_ranges(encoder: RangeEncoder, tmp: Path, tokenizer_dir: Path, workers: int, range_bytes: int | None,
                  progress: Progress | None) -> tuple[ReadStats, array, int]:
     """Tokenize the whole file into tmp/tokens.bin and tmp/mask.bin: (stats, document lengths, masked tokens).
-    `range_bytes` per task (default: range_size). Raises the located DataFormatError of the first bad line
+    `range_bytes` per task (default: range_size). Raises the located DataError of the first bad line
     in file order."""
     path = encoder.data_path
     size = path.stat().st_size
@@ -165,7 +167,7 @@ def write_ranges(encoder: RangeEncoder, tmp: Path, tokenizer_dir: Path, workers:
             for k, result, end in results:
                 if result.error is not None:
                     line_no, text = result.error
-                    raise DataFormatError(f"{path}:{line_base + line_no}: {text}")
+                    raise DataError(f"{path}:{line_base + line_no}: {text}")
                 if workers > 1:  # append the range's part files in file order, then drop them
                     for name, out in (("tokens", tok_out), ("mask", mask_out)):
                         part = tmp / f"part-{k:06d}.{name}"

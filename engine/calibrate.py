@@ -1,9 +1,9 @@
 """The estimator's measured half: which device a preset would run on, and a short real calibration.
 
 `detect_target` resolves the preset's device and dtype the way training will (engine/device.py) and
-finds how much memory there is; `calibrate` runs real training steps (the engine's model, fused AdamW,
-the preset's batch, sequence length and precision, random tokens) and reports tokens/s and the
-measured memory peak, which `minimind-studio estimate --calibrate` prints beside the prediction.
+finds how much memory there is; `calibrate` runs real training steps (training's own step from
+engine/train_step.py: the preset's batch, sequence length, precision, clipping and compile choice, on
+random tokens) and reports tokens/s and the measured memory peak, which `minimind-studio estimate --calibrate` prints beside the prediction.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from engine.config import Preset, StageName
 from engine.device import resolve_precision
+from engine.errors import EngineError
 from engine.estimate import CPU_FRAMEWORK_BYTES, CUDA_CONTEXT_BYTES, Target
 from engine.gpus import GpuSpec, find_gpu
 
@@ -29,6 +30,7 @@ class Calibration:
     steps: int
     seconds: float
     attention: str = "sdpa"  # the causal attention kernel the step used, chosen as training chooses it
+    compiled: bool = False  # whether the step ran torch.compile'd, as training of a long stage would
 
 
 def tensor_peak_cpu(step) -> int:
@@ -52,7 +54,7 @@ def detect_target(preset: Preset, device: str | None = None, gpu_name: str | Non
     """The device the run would use (or the one named), its memory, dtype and matmul peak."""
     spec: GpuSpec | None = find_gpu(gpu_name) if gpu_name else None
     if gpu_name and spec is None:
-        raise ValueError(f"unknown GPU {gpu_name!r}: give its memory with --gpu-mem instead (e.g. --gpu-mem 8GiB)")
+        raise EngineError(f"unknown GPU {gpu_name!r}: give its memory with --gpu-mem instead (e.g. --gpu-mem 8GiB)")
     wanted = device or ("cuda" if spec or gpu_mem_bytes else preset.runtime.device)
     dtype = dtype or preset.runtime.dtype
     # A GPU described by the flags (or asked for by --device on a machine without one) is hypothetical;
@@ -81,10 +83,13 @@ def detect_target(preset: Preset, device: str | None = None, gpu_name: str | Non
 
 
 def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20, warmup: int = 3) -> Calibration:
-    """Run warmup + steps real training steps on random tokens; measure throughput and the memory peak."""
-    from engine.attention import set_training_kernel
-    from engine.model import CausalLM
-    from engine.train import build_optimizer
+    """Run warmup + steps real training steps on random tokens; measure throughput and the memory peak.
+
+    The step is training's own (engine/train_step.py), compiled when training would compile a long
+    stage of this shape: on CUDA with compile = "auto" or "on", on a CPU when the machine's tuning
+    record says compiling paid here (a first measurement is training's job: calibration is too short)."""
+    from engine.compile_policy import decide
+    from engine.train_step import build_step, random_batches, train_step
     from engine.tuning import TuningRecord
 
     cfg = preset.stage(stage)
@@ -93,25 +98,19 @@ def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20,
         preset.runtime.device if preset.runtime.device.startswith("cuda") else "cuda")
     precision = resolve_precision(device_name, target.dtype)
     device = precision.device
-    generator = torch.Generator().manual_seed(0)
-    model = CausalLM(preset.model).to(device)
-    model.model.activation_checkpointing = preset.runtime.activation_checkpointing
-    attention, _ = set_training_kernel(model, device.type, cfg.batch_size, cfg.max_seq_len, precision.dtype,
-                                       TuningRecord(Path(preset.runtime.cache_dir), device))
-    model.train()
-    optimizer = build_optimizer(model, cfg, device)
-    batch = torch.randint(3, preset.model.vocab_size, (cfg.batch_size, cfg.max_seq_len + 1), generator=generator)
-    inputs, targets = batch[:, :-1].to(device), batch[:, 1:].to(device)
+    record = TuningRecord(Path(preset.runtime.cache_dir), device)
+
+    def long_stage_mode(key: str, attention: str):
+        mode, _ = decide(preset.runtime.compile, device.type, record.get(key), 10**9, None)
+        return "eager" if mode == "trial" else mode
+
+    setup = build_step(preset, cfg, precision, record, mode=long_stage_mode)
+    batches = random_batches(preset.model.vocab_size, cfg.batch_size, cfg.max_seq_len)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
-        for _ in range(cfg.accumulation_steps):
-            with precision.autocast():
-                loss = model(inputs, targets=targets).loss / cfg.accumulation_steps
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(setup, batches, cfg.learning_rate)
 
     for _ in range(warmup):
         step()
@@ -129,9 +128,10 @@ def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20,
     else:
         process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the profiler adds its own
         # Between steps the weights and AdamW moments are what is alive; the profiled step adds the rest.
-        static = sum(t.numel() * t.element_size() for t in model.parameters())
-        static += sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+        static = sum(t.numel() * t.element_size() for t in setup.model.parameters())
+        static += sum(v.numel() * v.element_size() for s in setup.optimizer.state.values() for v in s.values()
                       if torch.is_tensor(v))
         tensor_peak = CPU_FRAMEWORK_BYTES + static + tensor_peak_cpu(step)
     tokens = steps * cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
-    return Calibration(tokens / seconds, tensor_peak, process_peak, steps, seconds, attention)
+    return Calibration(tokens / seconds, tensor_peak, process_peak, steps, seconds, setup.attention,
+                       setup.forward.is_compiled)

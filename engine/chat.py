@@ -79,7 +79,7 @@ def read_heldout(path: Path) -> list[dict]:
     """Held-out questions: one {"messages": [...], "answer": "..."} object per line."""
     import json
 
-    from engine.data import DataFormatError
+    from engine.errors import DataError
 
     items = []
     for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -90,7 +90,7 @@ def read_heldout(path: Path) -> list[dict]:
             if not isinstance(item["messages"], list) or not isinstance(item["answer"], str):
                 raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataFormatError(
+            raise DataError(
                 f'{path}:{line_no}: expected {{"messages": [{{"role": "user", "content": ...}}], "answer": "..."}}. '
                 "Fix or remove that line."
             ) from None

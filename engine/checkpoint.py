@@ -27,13 +27,11 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import fsync_dir, point_symlink
 from engine.config import ModelConfig, output_path, resolve_path
+from engine.errors import CheckpointError
 from engine.tokenizer import TOKENIZER_FILES
 
 FORMAT_VERSION = 1
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be found or used; the message says which and what to do."""
 
 
 @dataclass

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from engine.errors import PresetError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -37,9 +39,6 @@ TRAIN_STAGES: tuple[StageName, ...] = ("pretrain", "sft")
 # presets work from any working directory.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-
-class PresetError(ValueError):
-    """A preset that cannot be used; the message is meant to be shown to the user as is."""
 
 
 class _Section(BaseModel):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from engine.atomic import fsync_dir, write_json_atomic
+from engine.errors import DataError
 from engine.messages import RecordProblem, parse_conversation
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ def skip_hint(setting: str) -> str:
     """What to do about a bad line, naming the preset field (e.g. sft.on_bad_line) that changes it."""
     return f'Fix or delete that line, or set {setting} = "skip" to skip bad lines and count them'
 
-
-class DataFormatError(ValueError):
-    """A data file that cannot be used; the message names file and line and says what to do."""
 
 
 @dataclass
@@ -114,7 +112,7 @@ def iter_parsed(
     """Yield (line_no, record, parse_record's result) for lines start_line <= line_no < stop_line (1-based,
     physical lines); the cache uses the parsed part, so SFT lines are checked and decoded only once.
 
-    Blank lines are ignored. A bad line raises DataFormatError("file:line: ...") naming `setting` (the
+    Blank lines are ignored. A bad line raises DataError("file:line: ...") naming `setting` (the
     preset field holding on_bad_line, default "<kind>.on_bad_line") or, with on_bad_line="skip", is counted
     in `stats` and skipped. Lines outside the range are not parsed.
     """
@@ -134,7 +132,7 @@ def iter_parsed(
             elif on_bad_line == "skip":
                 stats.skip(line_no, got)
             else:
-                raise DataFormatError(f"{path}:{line_no}: {got}. {hint}.")
+                raise DataError(f"{path}:{line_no}: {got}. {hint}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +229,7 @@ def build_token_cache(
         skipped = cache.meta["stats"]["skipped_examples"]
         if on_bad_line == "error" and skipped:  # built earlier in skip mode; do not hide the bad lines now
             line_no, reason = skipped[0]
-            raise DataFormatError(f"{data_path}:{line_no}: {reason}. {skip_hint(f'{stage}.on_bad_line')}.")
+            raise DataError(f"{data_path}:{line_no}: {reason}. {skip_hint(f'{stage}.on_bad_line')}.")
         return cache
 
     started = time.perf_counter()
@@ -248,7 +246,7 @@ def build_token_cache(
     try:
         stats, lengths, n_masked = write_ranges(encoder, tmp, Path(tokenizer_dir), workers, range_bytes, progress)
         if stats.records == 0:
-            raise DataFormatError(
+            raise DataError(
                 f"{data_path}:1: no usable {kind} records ({stats.lines} non-blank lines, {stats.skipped} skipped). "
                 f"Point {stage}.data_path at a {kind} jsonl file."
             )

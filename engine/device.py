@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.errors import ResourceError
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -34,7 +36,7 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ResourceError):
     """A device or dtype the machine cannot provide; the message says what to use instead."""
 
 

@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.config import ModelConfig, Preset, StageName
-from engine.flops import MATMUL_ATTENTION_MAX_BYTES, attention_probs_bytes, loss_chunk_rows
+from engine.errors import EngineError
+from engine.flops import (
+    MATMUL_ATTENTION_MAX_BYTES,
+    attention_probs_bytes,
+    loss_chunk_rows,
+)
 from engine.gpus import GpuSpec
 
 GiB = 1024**3
@@ -274,9 +279,9 @@ def parse_bytes(text: str) -> int:
     try:
         value = float(number)
     except ValueError:
-        raise ValueError(f"cannot read {text!r} as a size: write it like 8GiB, 8G or 512MiB") from None
+        raise EngineError(f"cannot read {text!r} as a size: write it like 8GiB, 8G or 512MiB") from None
     if value <= 0:
-        raise ValueError(f"a memory size must be positive, got {text!r}")
+        raise EngineError(f"a memory size must be positive, got {text!r}")
     return int(value * units[unit])
 
 

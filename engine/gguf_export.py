@@ -154,7 +154,7 @@ def export_gguf(ckpt: Checkpoint, out_dir: Path, dtype: str = "f16", *, _permute
     written without the rotary reordering; such a file is wrong for llama.cpp.
     """
     if dtype not in GGUF_DTYPES:
-        raise ValueError(f"GGUF dtype {dtype!r} is not one of {', '.join(GGUF_DTYPES)}")
+        raise ExportError(f"GGUF dtype {dtype!r} is not one of {', '.join(GGUF_DTYPES)}")
     refuse_moe(ckpt)
     config = ckpt.model_config
     vocab: GgufVocab = read_vocab(ckpt.tokenizer_dir, config.vocab_size)  # refuses before any heavy work

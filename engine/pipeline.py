@@ -24,10 +24,11 @@ from engine.checkpoint import (
     newest_matching_checkpoint,
     resolve_checkpoint,
 )
-from engine.config import Preset, PresetError, StageName, load_preset, resolve_path
+from engine.config import Preset, StageName, load_preset, resolve_path
+from engine.errors import EngineError, PresetError
 from engine.events import EventLog, Listener
-from engine.runs import (
 from engine.run_state import RunState
+from engine.runs import (
     Heartbeat,
     RunLock,
     claim_status,
@@ -145,7 +146,7 @@ def resolve_init(stage: StageName, preset: Preset, run_dir: Path) -> Checkpoint 
 
 def preflight(preset: Preset, source: str) -> None:
     """Check what the stages will read before anything is launched; a PresetError names file and field."""
-    from engine.checkpoint import CheckpointError
+    from engine.errors import CheckpointError
 
     def missing(field: str, value: str, what: str) -> PresetError:
         return PresetError(f"{source}: {field} = {value!r}: {what}. Fix the path in the preset or with --set {field}=...")
@@ -179,7 +180,7 @@ def check_vocab(preset: Preset, tokenizer_dir: Path, log: EventLog) -> None:
 
     size = tokenizer_vocab_size(tokenizer_dir)
     if size > preset.model.vocab_size:
-        raise ValueError(
+        raise PresetError(
             f"the tokenizer in {tokenizer_dir} has {size} tokens but model.vocab_size is {preset.model.vocab_size}; "
             f"set model.vocab_size = {size} (or train a tokenizer of that size)"
         )
@@ -235,7 +236,7 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
                 done.add(stage)
                 write_status(run_dir, stages_done=sorted(done))
     except Exception as error:  # noqa: BLE001 - every failure is recorded in the run dir, then re-raised
-        message = str(error) or type(error).__name__
+        message = failure_message(error, run_dir)
         result.state, result.error = RunState.FAILED, message
         log.emit("error", message=message, error_type=type(error).__name__, traceback=traceback.format_exc())
         write_status(run_dir, state=RunState.FAILED, exit_reason=message)
@@ -249,6 +250,17 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
         tracker.close(result.state)
     log.close()
     return result
+
+
+def failure_message(error: BaseException, run_dir: Path) -> str:
+    """What status.json's exit_reason says about a failure. An EngineError's message is the user's paragraph;
+    anything else is a bug or an environment failure, so it keeps its type and its traceback goes to a file."""
+    if isinstance(error, EngineError):
+        return str(error)
+    trace = run_dir / "traceback.txt"
+    trace.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+    return (f"{type(error).__name__}: {error or 'no message'} (not an input problem: a bug or an environment "
+            f"failure; the traceback is in {trace})")
 
 
 def score_heldout(stage: StageName, preset: Preset, run_dir: Path, outcome: Any, log: EventLog) -> dict[str, Any]:
@@ -273,4 +285,4 @@ def _adopt_missing_tokenizer(preset: Preset, run_dir: Path, init: Checkpoint | N
     elif init is not None:
         copy_tokenizer(init.tokenizer_dir, run_dir / "tokenizer")
     else:  # config validation makes this unreachable; keep the message for hand-built presets
-        raise ValueError("no tokenizer: add 'tokenizer' to stages or set tokenizer.from_dir")
+        raise PresetError("no tokenizer: add 'tokenizer' to stages or set tokenizer.from_dir")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.errors import DataError
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 Kind = Literal["reasoning", "answer"]
@@ -152,7 +154,7 @@ def parse_reply(text: str) -> ReplyParser:
     return parser
 
 
-class ToolSpecError(ValueError):
+class ToolSpecError(DataError):
     """A tools file that cannot be used; the message is one line naming the file."""
 
 

@@ -27,8 +27,9 @@ from typing import Any
 
 from engine.atomic import write_json_atomic, write_text_atomic
 from engine.config import Preset, output_path, preset_to_toml, resolve_path
-
+from engine.errors import ResourceError
 from engine.run_state import RunState
+
 # A live run refreshes heartbeat_at every HEARTBEAT_S; readers call it crashed when the process is gone
 # (same host) or, for a run on another host sharing the disk, when the heartbeat is older than STALE_S.
 HEARTBEAT_S = 5.0
@@ -141,7 +142,7 @@ def effective_state(status: dict[str, Any], now: float | None = None) -> RunStat
     return state if age < STALE_S else RunState.CRASHED
 
 
-class RunBusy(RuntimeError):
+class RunBusy(ResourceError):
     """The run directory is locked by a live process."""
 
 
@@ -259,8 +260,8 @@ def find_run(spec: str, out_dir: str | Path = "runs") -> Path:
         return matches[0]
     where = output_path(out_dir)
     if not matches:
-        raise FileNotFoundError(f"no run {spec!r} under {where}; `minimind-studio runs` lists them")
-    raise FileNotFoundError(f"{spec!r} matches {len(matches)} runs under {where}: {', '.join(m.name for m in matches[:5])}; give more of the id")
+        raise ResourceError(f"no run {spec!r} under {where}; `minimind-studio runs` lists them")
+    raise ResourceError(f"{spec!r} matches {len(matches)} runs under {where}: {', '.join(m.name for m in matches[:5])}; give more of the id")
 
 
 @dataclass(frozen=True)

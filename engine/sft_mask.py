@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.messages import Conversation
+from engine.messages import Conversation, RecordProblem
 
 Render = Callable[[list[dict[str, Any]], "list[dict[str, Any]] | None", bool], str]
 """render(messages, tools, add_generation_prompt) -> text, like apply_chat_template(..., tokenize=False)."""
@@ -144,7 +144,7 @@ def prefix_spans(conv: Conversation, render: Render, full: str) -> list[Span]:
         turn = render(conv.messages[: i + 1], conv.tools, False)
         end = len(turn.rstrip())
         if not (full.startswith(turn) and turn.startswith(prefix) and len(prefix) < end):
-            raise ValueError(f"cannot find assistant turn {i} in the chat template's rendering "
+            raise RecordProblem(f"cannot find assistant turn {i} in the chat template's rendering "
                              "(the template renders earlier turns differently once later ones follow)")
         spans.append((len(prefix), end))
     return spans
@@ -158,11 +158,11 @@ class SpanFinder:
         self.shape = TurnShape.probe(render)
 
     def __call__(self, conv: Conversation) -> tuple[str, list[Span]]:
-        """(the rendering, learned spans); ValueError when the template cannot render or place a turn."""
+        """(the rendering, learned spans); RecordProblem when the template cannot render or place a turn."""
         try:
             full = self.render(conv.messages, conv.tools, False)
         except Exception as error:  # noqa: BLE001 - jinja's TemplateError and friends: report, do not crash
-            raise ValueError(f"the chat template failed on this conversation ({type(error).__name__}: {error})") from None
+            raise RecordProblem(f"the chat template failed on this conversation ({type(error).__name__}: {error})") from None
         spans = locate_turns(full, conv.messages, self.shape) if self.shape else None
         return full, spans if spans is not None else prefix_spans(conv, self.render, full)
 

@@ -20,7 +20,8 @@ from typing import Any, Iterator, Literal
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.atomic import fsync_dir, write_json_atomic, write_text_atomic
-from engine.data import DataFormatError, ReadStats, iter_jsonl
+from engine.data import ReadStats, iter_jsonl
+from engine.errors import CheckpointError, DataError, PresetError
 from engine.sft_mask import tokenizer_render
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2, in this order
@@ -186,7 +187,7 @@ def train_tokenizer(
     """Train ByteLevel BPE on the {"text": ...} lines of `data_path`, streamed, keeping the last lines out."""
     data_path, out_dir = Path(data_path), Path(out_dir)
     if vocab_size < len(SPECIAL_TOKENS) + 256:
-        raise ValueError(f"model.vocab_size {vocab_size} is below {len(SPECIAL_TOKENS) + 256} (3 special tokens + 256 bytes)")
+        raise PresetError(f"model.vocab_size {vocab_size} is below {len(SPECIAL_TOKENS) + 256} (3 special tokens + 256 bytes)")
     # Never hold out more than a tenth: a small corpus must still leave most of itself to train on.
     start_line, n_heldout = _heldout_start(data_path, heldout_lines, max_fraction=0.1)
     stats = ReadStats()
@@ -221,7 +222,7 @@ def train_tokenizer(
     report.train_seconds = round(time.perf_counter() - started, 3)
     report.skipped_lines = stats.skipped
     if report.train_lines == 0:
-        raise DataFormatError(f"{data_path}:1: no text to train the tokenizer on. Point tokenizer.data_path at a pretrain jsonl file.")
+        raise DataError(f"{data_path}:1: no text to train the tokenizer on. Point tokenizer.data_path at a pretrain jsonl file.")
     for expected, token in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(token) != expected:
             raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)}, expected {expected}")
@@ -247,7 +248,7 @@ def adopt_tokenizer(
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     present = [name for name in TOKENIZER_FILES if (src_dir / name).is_file()]
     if not present:
-        raise ValueError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); point tokenizer.from_dir "
+        raise PresetError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); point tokenizer.from_dir "
                          "at a tokenizer directory")
     tmp = _fresh_tmp(out_dir)
     for name in present:
@@ -284,9 +285,9 @@ def load_tokenizer(directory: str | Path) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as error:
-        raise ValueError(f"{directory}: not a loadable Hugging Face tokenizer directory ({error})") from None
+        raise CheckpointError(f"{directory}: not a loadable Hugging Face tokenizer directory ({error})") from None
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{directory}: only fast (tokenizers-backed) tokenizers are supported")
+        raise CheckpointError(f"{directory}: only fast (tokenizers-backed) tokenizers are supported")
     return tokenizer
 
 

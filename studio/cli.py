@@ -13,21 +13,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console()
+from engine.errors import EngineError
 from engine.run_state import RunState
+
+console = Console()
 err_console = Console(stderr=True)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message is written for the user: shown as one paragraph, never as a traceback."""
-    from engine.checkpoint import CheckpointError
-    from engine.config import PresetError
-    from engine.data import DataFormatError
-    from engine.device import DeviceError
-    from engine.runs import RunBusy
-    from engine.train import NonFiniteLoss
-
-    return (PresetError, CheckpointError, DataFormatError, DeviceError, NonFiniteLoss, RunBusy, ValueError, FileNotFoundError)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -197,10 +187,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         throughput, source = None, None
         if args.calibrate:
             if target.device == "cuda" and not _cuda_here():
-                raise ValueError("--calibrate measures on this machine, which has no CUDA GPU; drop --gpu/--gpu-mem")
+                raise EngineError("--calibrate measures on this machine, which has no CUDA GPU; drop --gpu/--gpu-mem")
             console.print(f"calibrating {stage}: {args.calibrate_steps} real training steps ...")
             result = calibrate(preset, stage, target, steps=args.calibrate_steps)
-            throughput, source = result.tokens_per_s, f"measured over {result.steps} steps"
+            throughput = result.tokens_per_s
+            source = f"measured over {result.steps} {'compiled' if result.compiled else 'eager'} steps"
             measured[stage] = result.tensor_peak_bytes
         estimates.append(estimate_stage(preset, stage, target, data_bytes=data_size(preset, stage),
                                         tokens_per_s=throughput, throughput_source=source))
@@ -311,11 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except _user_errors() as error:
-        if os.environ.get("MINIMIND_DEBUG"):
+    except Exception as error:
+        from engine.errors import USER_ERROR_EXIT, EngineError
+
+        # Only the engine's own errors are written for the user; anything else is a bug and keeps its traceback.
+        if not isinstance(error, EngineError) or os.environ.get("MINIMIND_DEBUG"):
             raise
         err_console.print(f"[red]error:[/] {error}", highlight=False)
-        return 2
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def histogram(values: list[int], bins: int = 20) -> tuple[list[float], list[int]
 
 def run_tokenizers(runs_dir: Path) -> list[tuple[str, Path, dict[str, int]]]:
     """(run id, tokenizer dir, {"pretrain": max_seq_len, "sft": max_seq_len}) of runs that have a tokenizer."""
-    from engine.config import PresetError, load_preset
+    from engine.config import load_preset
+    from engine.errors import PresetError
     from engine.runs import list_runs
 
     found = []

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.errors import EngineError
+
 if TYPE_CHECKING:
     from engine.checkpoint import Checkpoint
 
@@ -74,11 +76,11 @@ def how_to_use(fmt: str, written: Path | str, name: str) -> str:
 
 
 def check_dtype(fmt: str, dtype: str | None) -> str:
-    """The dtype to use (the format's default for None); ValueError for one the format does not have."""
+    """The dtype to use (the format's default for None); EngineError for one the format does not have."""
     choice = FORMATS[fmt]
     dtype = dtype or choice.default_dtype
     if dtype not in choice.dtypes:
-        raise ValueError(f"--dtype {dtype} does not fit --format {fmt}; choose one of {', '.join(choice.dtypes)}")
+        raise EngineError(f"--dtype {dtype} does not fit --format {fmt}; choose one of {', '.join(choice.dtypes)}")
     return dtype
 
 

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from engine import attention
-from engine.attention import AttentionShape, choose_kernel, matmul_causal_attention, sdpa_causal_attention
+from engine.attention import (
+    AttentionShape,
+    choose_kernel,
+    matmul_causal_attention,
+    sdpa_causal_attention,
+)
 from engine.config import ModelConfig
 from engine.estimate import Target, training_memory
 from engine.flops import MATMUL_ATTENTION_MAX_BYTES

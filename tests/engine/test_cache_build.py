@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from engine.cache_build import default_workers, line_ranges
-from engine.data import DataFormatError, build_token_cache
+from engine.data import build_token_cache
+from engine.errors import DataError
 from engine.tokenizer import train_tokenizer
-from tests.engine.chat_fixtures import RECORDS, corpus_texts, make_minimind_style_dir, write_jsonl
+from tests.engine.chat_fixtures import (
+    RECORDS,
+    corpus_texts,
+    make_minimind_style_dir,
+    write_jsonl,
+)
 
 DATA_FILES = ("tokens.bin", "mask.bin", "offsets.npy")
 
@@ -71,7 +77,7 @@ def test_parallel_build_reports_the_first_bad_line_in_file_order(tmp_path, tok_d
     records[2 * len(records) // 3] = "{second broken"
     path = write_jsonl(tmp_path / "d.jsonl", records)
     cache_dir = tmp_path / "cache"
-    with pytest.raises(DataFormatError) as info:
+    with pytest.raises(DataError) as info:
         build_token_cache(path, tok_dirs["builtin"], "pretrain", cache_dir, workers=2, range_bytes=1024)
     assert str(info.value).startswith(f"{path}:{len(records) // 3 + 1}: not valid JSON")
     assert 'pretrain.on_bad_line = "skip"' in str(info.value)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import PROJECT_ROOT, PresetError, load_preset, preset_to_toml
+from engine.config import PROJECT_ROOT, load_preset, preset_to_toml
+from engine.errors import PresetError
 
 PRESETS = sorted((PROJECT_ROOT / "presets").glob("*.toml"))
 

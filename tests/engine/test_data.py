@@ -22,12 +22,12 @@ from engine.blocks import (
 )
 from engine.data import (
     IGNORE_INDEX,
-    DataFormatError,
     ReadStats,
     TokenCache,
     build_token_cache,
     iter_jsonl,
 )
+from engine.errors import DataError
 from engine.tokenizer import load_tokenizer, train_tokenizer
 
 WORDS = "the model learns 我们 喜欢 机器 学习 to predict next token 你好 世界 quickly".split()
@@ -111,7 +111,7 @@ def test_bad_line_names_file_and_line(tmp_path, kind, line, why):
     """Guards against a bad record failing deep inside training with no hint of where it is."""
     good = {"text": "fine"} if kind == "pretrain" else {"conversations": conversation(1)}
     path = write_lines(tmp_path / "d.jsonl", [good, "", line, good])
-    with pytest.raises(DataFormatError) as info:
+    with pytest.raises(DataError) as info:
         list(iter_jsonl(path, kind))
     message = str(info.value)
     assert message.startswith(f"{path}:3: ") and why in message and f'{kind}.on_bad_line = "skip"' in message
@@ -198,12 +198,12 @@ def test_cache_pickles_as_a_reference(tmp_path, tok_dir, sft_file):
 def test_skip_mode_cache_and_error_mode_reuse(tmp_path, tok_dir):
     """Guards against skipped lines going unreported, and an error-mode run silently reusing a skip-mode cache."""
     path = write_lines(tmp_path / "d.jsonl", [{"text": text(i)} for i in range(5)] + ["{broken"] + [{"text": "end"}])
-    with pytest.raises(DataFormatError, match=":6: not valid JSON"):
+    with pytest.raises(DataError, match=":6: not valid JSON"):
         build_token_cache(path, tok_dir, "pretrain", tmp_path / "cache")
     assert not list((tmp_path / "cache").iterdir())  # the failed build left nothing behind
     cache = build_token_cache(path, tok_dir, "pretrain", tmp_path / "cache", on_bad_line="skip")
     assert cache.n_docs == 6 and cache.meta["stats"]["skipped"] == 1
-    with pytest.raises(DataFormatError, match=":6: not valid JSON"):
+    with pytest.raises(DataError, match=":6: not valid JSON"):
         build_token_cache(path, tok_dir, "pretrain", tmp_path / "cache")
 
 
@@ -356,5 +356,5 @@ def test_sampler_state_at_epoch_end_and_dataloader():
     loader = torch.utils.data.DataLoader(data, batch_sampler=EpochSampler(list(range(12)), 3, seed=0))
     batches = [b.tolist() for b in loader]
     assert len(batches) == 4 and sorted(x for b in batches for x in b) == list(range(0, 120, 10))
-    with pytest.raises(ValueError, match="fewer than batch_size"):
+    with pytest.raises(DataError, match="fewer than batch_size"):
         EpochSampler([1, 2], 3)

@@ -10,6 +10,7 @@ import pytest
 
 from engine.calibrate import calibrate
 from engine.config import load_preset
+from engine.errors import EngineError
 from engine.estimate import (
     CPU_FRAMEWORK_BYTES,
     Target,
@@ -98,7 +99,7 @@ def test_gpu_without_bf16_gets_fp16_advice_and_too_small_cards_get_alternatives(
 def test_parse_bytes_reads_what_people_type():
     assert parse_bytes("8GiB") == parse_bytes("8G") == parse_bytes("8 GB") == 8 * 2**30
     assert parse_bytes("512MiB") == 512 * 2**20
-    with pytest.raises(ValueError, match="8GiB"):
+    with pytest.raises(EngineError, match="8GiB"):
         parse_bytes("lots")
 
 

@@ -6,9 +6,17 @@ import json
 
 import pytest
 
-from engine.data import DataFormatError, ReadStats, build_token_cache, iter_jsonl
+from engine.data import ReadStats, build_token_cache, iter_jsonl
+from engine.errors import DataError
 from engine.messages import RecordProblem, parse_conversation
-from tests.engine.chat_fixtures import CALC, RECORDS, WEATHER, make_minimind_style_dir, minimind_messages, write_jsonl
+from tests.engine.chat_fixtures import (
+    CALC,
+    RECORDS,
+    WEATHER,
+    make_minimind_style_dir,
+    minimind_messages,
+    write_jsonl,
+)
 
 USER = {"role": "user", "content": "q"}
 ANSWER = {"role": "assistant", "content": "a"}
@@ -68,7 +76,7 @@ def test_bad_messages_are_located_by_file_line_and_key(tmp_path, conversation, w
     """Guards against malformed tool JSON or an empty final answer failing somewhere inside the template
     (or training on nothing) instead of naming the file, the line, the message and the key to fix."""
     path = write_jsonl(tmp_path / "sft.jsonl", [{"conversations": [USER, ANSWER]}, {"conversations": conversation}])
-    with pytest.raises(DataFormatError) as info:
+    with pytest.raises(DataError) as info:
         list(iter_jsonl(path, "sft"))
     message = str(info.value)
     assert message.startswith(f"{path}:2: ") and why in message, message
@@ -93,11 +101,11 @@ def test_cache_errors_name_the_stage_field(tmp_path):
     fields (tokenizer, pretrain, sft) the user must change."""
     tok = make_minimind_style_dir(tmp_path / "tok")
     path = write_jsonl(tmp_path / "sft.jsonl", [{"conversations": [USER, ANSWER]}, "{broken"])
-    with pytest.raises(DataFormatError, match=r':2: not valid JSON.*set sft\.on_bad_line = "skip"'):
+    with pytest.raises(DataError, match=r':2: not valid JSON.*set sft\.on_bad_line = "skip"'):
         build_token_cache(path, tok, "sft", tmp_path / "cache")
     build_token_cache(path, tok, "sft", tmp_path / "cache", on_bad_line="skip")
-    with pytest.raises(DataFormatError, match=r':2: not valid JSON.*set sft\.on_bad_line = "skip"'):  # the cached skip
+    with pytest.raises(DataError, match=r':2: not valid JSON.*set sft\.on_bad_line = "skip"'):  # the cached skip
         build_token_cache(path, tok, "sft", tmp_path / "cache")
     empty = write_jsonl(tmp_path / "empty.jsonl", ["{broken"])
-    with pytest.raises(DataFormatError, match=r"Point pretrain\.data_path at a pretrain jsonl file"):
+    with pytest.raises(DataError, match=r"Point pretrain\.data_path at a pretrain jsonl file"):
         build_token_cache(empty, tok, "pretrain", tmp_path / "cache", on_bad_line="skip")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from engine import hardware
-from engine.cpu import CpuInfo, describe_cpu, flops_per_cycle, isa_peak_estimate_tflops, parse_cpuinfo
+from engine.cpu import (
+    CpuInfo,
+    describe_cpu,
+    flops_per_cycle,
+    isa_peak_estimate_tflops,
+    parse_cpuinfo,
+)
 from engine.events import mfu_text, parse_event
 from engine.hardware import MfuMeter, Peak
 from engine.pipeline import run_pipeline

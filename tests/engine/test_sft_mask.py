@@ -7,9 +7,22 @@ import pytest
 
 from engine.data import build_token_cache
 from engine.messages import parse_conversation
-from engine.sft_mask import SpanFinder, TurnShape, locate_turns, prefix_spans, template_render, tokenizer_render
+from engine.sft_mask import (
+    SpanFinder,
+    TurnShape,
+    locate_turns,
+    prefix_spans,
+    template_render,
+    tokenizer_render,
+)
 from engine.tokenizer import BOS, EOS, load_tokenizer, train_tokenizer
-from tests.engine.chat_fixtures import RECORDS, corpus_texts, make_minimind_style_dir, minimind_messages, write_jsonl
+from tests.engine.chat_fixtures import (
+    RECORDS,
+    corpus_texts,
+    make_minimind_style_dir,
+    minimind_messages,
+    write_jsonl,
+)
 
 CALL_WEATHER = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call>'
 CALLS_BOTH = ('<tool_call>\n{"name": "calculate", "arguments": {"expr": "6*7"}}\n</tool_call>\n'

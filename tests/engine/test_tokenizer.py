@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from engine.data import DataFormatError
+from engine.errors import DataError, PresetError
 from engine.tokenizer import (
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
@@ -153,7 +153,7 @@ def test_bad_lines_in_corpus(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps({"text": t}) for t in corpus_lines(20)) + '\n{"txt": 1}\n' + "\n".join(
         json.dumps({"text": t}) for t in corpus_lines(20, 20)) + "\n", encoding="utf-8")
-    with pytest.raises(DataFormatError, match=rf"{path}:21: missing key \"text\""):
+    with pytest.raises(DataError, match=rf"{path}:21: missing key \"text\""):
         train_tokenizer(path, tmp_path / "tok", 300, heldout_lines=0)
     report = train_tokenizer(path, tmp_path / "tok", 300, heldout_lines=0, on_bad_line="skip")
     assert report.skipped_lines == 1 and report.train_lines == 40
@@ -161,7 +161,7 @@ def test_bad_lines_in_corpus(tmp_path):
 
 def test_vocab_too_small_is_refused(tmp_path):
     """Guards against silently getting a bigger vocabulary than the model was sized for."""
-    with pytest.raises(ValueError, match="vocab_size 100"):
+    with pytest.raises(PresetError, match="vocab_size 100"):
         train_tokenizer(write_jsonl(tmp_path / "c.jsonl", ["x"]), tmp_path / "tok", 100)
 
 

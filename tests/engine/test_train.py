@@ -9,12 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
+from engine.checkpoint import list_checkpoints, read_checkpoint
 from engine.config import TrainStage
+from engine.errors import CheckpointError
 from engine.events import iter_events
 from engine.pipeline import run_pipeline
 from engine.runs import create_run, read_status, request_stop
-from engine.train import NonFiniteLoss, lr_at
+from engine.train import NonFiniteLoss
+from engine.train_step import lr_at
 
 
 def step_losses(run_dir: Path, stage: str = "pretrain") -> dict[int, float]:
@@ -162,7 +164,7 @@ def test_sft_only_run_takes_tokenizer_from_its_starting_checkpoint(make_preset) 
 
 def test_preflight_names_the_field_of_a_missing_input(make_preset, tmp_path) -> None:
     """Guards against a launch that creates a run dir and then dies on a missing file deep in a stage."""
-    from engine.config import PresetError
+    from engine.errors import PresetError
     from engine.pipeline import preflight
 
     with pytest.raises(PresetError, match=r"x.toml: pretrain.data_path = '/nope.jsonl': file not found"):
@@ -199,19 +201,19 @@ def test_a_token_cache_build_reports_its_progress(make_preset, monkeypatch):
     runtime.data_workers must reach the build (its parallel result is tested in test_cache_build.py)."""
     import json as _json
 
-    from engine import train
+    from engine import stage_data
     from engine.events import parse_event
     from engine.pipeline import run_pipeline
     from engine.runs import create_run
 
     asked = []
-    real_build = train.build_token_cache
+    real_build = stage_data.build_token_cache
 
     def build(*args, **kwargs):
         asked.append(kwargs["workers"])
         return real_build(*args, **{**kwargs, "workers": 1})  # one process: spawning workers costs seconds
 
-    monkeypatch.setattr(train, "build_token_cache", build)
+    monkeypatch.setattr(stage_data, "build_token_cache", build)
     preset = make_preset(stages=["tokenizer", "pretrain"], pretrain={"max_steps": 2}, runtime={"data_workers": 3})
     run_dir = create_run(preset)
     run_pipeline(run_dir)
