@@ -21,12 +21,12 @@ from pydantic import BaseModel, ValidationError
 from engine.config import (
     PROJECT_ROOT,
     Preset,
-    PresetError,
     describe_validation_error,
     load_preset,
     parse_override,
     preset_to_toml,
 )
+from engine.errors import PresetError
 
 FieldKind = Literal["bool", "choice", "list", "text"]
 

@@ -130,7 +130,8 @@ class RunWatch:
         self._reported = float("-inf")
 
     def _read_preset(self) -> tuple[list[str], str]:
-        from engine.config import PresetError, load_preset
+        from engine.config import load_preset
+        from engine.errors import PresetError
 
         try:
             preset = load_preset(self.run_dir / "preset.toml")

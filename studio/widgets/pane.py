@@ -12,7 +12,7 @@ from textual.worker import Worker, WorkerState
 
 from studio.screens.error_modal import ErrorModal
 
-# Errors whose text is written for users (PresetError, DataFormatError, CheckpointError... are
+# Errors whose text is written for users (PresetError, DataError, CheckpointError... are
 # ValueError/RuntimeError subclasses with a full paragraph): shown without the exception's type.
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 

@@ -21,7 +21,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.config import PROJECT_ROOT, Preset, PresetError, load_preset
+from engine.config import PROJECT_ROOT, Preset, load_preset
+from engine.errors import PresetError
 from studio import launcher
 from studio.messages import LaunchDone, LaunchFailed, OpenRuns
 from studio.paths import display_path
