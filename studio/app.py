@@ -16,6 +16,7 @@ from textual.lazy import Lazy
 from textual.widgets import Footer, TabbedContent, TabPane, Tabs
 
 from studio.commands import StudioCommands
+from studio.errors import ShownError, shown_error
 from studio.messages import OpenRuns
 from studio.paths import display_path
 from studio.screens.confirm_modal import ConfirmModal
@@ -99,8 +100,7 @@ class StudioApp(App[None]):
 
     def pane(self, tab: str) -> Pane | None:
         """The tab's pane, or None while it is still waiting for its lazy mount."""
-        found = self.query(f"#{tab}-pane")
-        return found.first() if found else None  # type: ignore[return-value]
+        return next(iter(self.query(f"#{tab}-pane").results(Pane)), None)
 
     def action_show_tab(self, tab: str) -> None:
         # Drop the focus first: a focused widget left in the pane being hidden gets its focus moved to a
@@ -140,5 +140,7 @@ class StudioApp(App[None]):
         if isinstance(monitor, MonitorPane):
             monitor.follow(self.followed)
 
-    def show_error(self, title: str, message: str) -> None:
-        self.push_screen(ErrorModal(title, message))
+    def show_error(self, title: str, error: BaseException | ShownError) -> None:
+        """The one way an error reaches a dialog: an EngineError as its paragraph, anything else as a bug
+        with its type and traceback (studio.errors.shown_error sorts them)."""
+        self.push_screen(ErrorModal(title, error if isinstance(error, ShownError) else shown_error(error)))

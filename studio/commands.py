@@ -7,7 +7,7 @@ second list to keep in step.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
@@ -29,13 +29,18 @@ def palette_entries(app: StudioApp) -> Iterator[Entry]:
 
 
 class StudioCommands(Provider):
+    @property
+    def studio_app(self) -> StudioApp:
+        """The palette is only registered by StudioApp (its COMMANDS)."""
+        return cast("StudioApp", self.app)
+
     async def discover(self) -> Hits:
-        for title, help_text, callback in palette_entries(self.app):  # type: ignore[arg-type]
+        for title, help_text, callback in palette_entries(self.studio_app):
             yield DiscoveryHit(title, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for title, help_text, callback in palette_entries(self.app):  # type: ignore[arg-type]
+        for title, help_text, callback in palette_entries(self.studio_app):
             score = matcher.match(title)
             if score > 0:
                 yield Hit(score, matcher.highlight(title), callback, text=title, help=help_text)

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 from textual.message import Message
 
 from engine.runs import RunSummary
 from studio.run_watch import RunSnapshot
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # payload types only: these modules (or what they import) are not needed to post a message
+    from transformers import PreTrainedTokenizerBase
+
+    from engine.sample import SampleReport
+    from studio.data_scan import DataReport, LengthStats
+    from studio.errors import ShownError
     from studio.exporter import ExportRequest, ExportResult
     from studio.launcher import LaunchEstimate
 
@@ -51,7 +56,7 @@ class OpenRuns(Message):
 
 @dataclass
 class LaunchFailed(Message):
-    """Preflight or launch refused; `message` is the paragraph the CLI would print."""
+    """Preflight refused the preset (an EngineError); `message` is the paragraph the CLI would print."""
 
     message: str
 
@@ -65,9 +70,10 @@ class EstimateReady(Message):
 
 @dataclass
 class EstimateFailed(Message):
-    """The estimate could not be made (unknown device, a dtype the machine lacks...): one paragraph."""
+    """The estimate could not be made: the engine's paragraph (unknown device, a dtype the machine lacks...)
+    or a bug with its traceback."""
 
-    message: str
+    error: ShownError
 
 
 @dataclass
@@ -86,10 +92,11 @@ class ExportDone(Message):
 
 @dataclass
 class ExportFailed(Message):
-    """The export was refused or failed (an MoE checkpoint, a tokenizer GGUF cannot hold...): one paragraph."""
+    """The export was refused (an MoE checkpoint, a tokenizer GGUF cannot hold...: the engine's paragraph)
+    or failed (a bug, with its traceback)."""
 
     request: ExportRequest
-    message: str
+    error: ShownError
 
 
 @dataclass
@@ -112,29 +119,31 @@ class ChatDone(Message):
 
 @dataclass
 class ChatReady(Message):
-    """A checkpoint loaded for chat column `column`."""
+    """A checkpoint loaded for chat column `column`: where, which step, and how it is talked to."""
 
     column: int
-    info: dict[str, Any]
+    path: Path
+    step: int
+    mode: Literal["chat", "continue"]  # engine.chat.ChatSession.mode: "continue" for a pretrain checkpoint
 
 
 @dataclass
 class DataScanned(Message):
     """A jsonl file was read: counts, bad lines and the first records for the browser."""
 
-    report: Any  # studio.data_scan.DataReport
+    report: DataReport
 
 
 @dataclass
 class TokenStats(Message):
     """Token lengths of a data file under a run's tokenizer."""
 
-    stats: Any  # studio.data_scan.LengthStats
-    tokenizer: Any  # the loaded tokenizer, reused by the record browser
+    stats: LengthStats
+    tokenizer: PreTrainedTokenizerBase  # the loaded tokenizer, reused by the record browser
 
 
 @dataclass
 class SampleWritten(Message):
     """The down-sampler finished."""
 
-    report: Any  # engine.sample.SampleReport
+    report: SampleReport

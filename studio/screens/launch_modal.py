@@ -13,6 +13,7 @@ import io
 from dataclasses import replace
 
 from rich.console import Console, RenderableType
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -23,8 +24,8 @@ from textual.widgets import Button, Static
 from engine.config import Preset
 from engine.estimate import Target, device_peak
 from studio import launcher
+from studio.errors import shown_error
 from studio.messages import EstimateFailed, EstimateReady
-from studio.widgets.pane import one_paragraph
 
 TargetCache = dict[tuple[str, str], Target]  # launcher.target_key -> the device detect_target found
 
@@ -92,8 +93,8 @@ class LaunchModal(ModalScreen[bool]):
                 target = launcher.detect_target(preset)
                 self.targets[key] = target  # a plain dict write: the UI thread only reads it later
             result = launcher.estimate(preset, target)
-        except Exception as error:  # noqa: BLE001 - whatever it is, the user gets a paragraph, not a crash
-            self.post_message(EstimateFailed(one_paragraph(error)))
+        except Exception as error:  # noqa: BLE001 - the engine's paragraph, or a bug named as one; never a crash
+            self.post_message(EstimateFailed(shown_error(error)))
             return
         self.post_message(EstimateReady(result))
 
@@ -111,8 +112,12 @@ class LaunchModal(ModalScreen[bool]):
         self._verdict(headline(result), advice, {True: "fits", None: "unknown", False: "misfit"}[result.fits])
 
     def on_estimate_failed(self, message: EstimateFailed) -> None:
-        self.error = message.message
-        self._verdict(f"Could not estimate: {message.message}", [], "unknown")
+        error = message.error
+        self.error = error.message
+        self._verdict(f"Could not estimate: {error.message}", [], "unknown")
+        if error.traceback:  # a bug: its frames go where the estimate would have been, to scroll and copy
+            self.plain = error.traceback
+            self.query_one("#launch-estimate", Static).update(Text(error.traceback, style="dim"))
 
     def _verdict(self, text: str, advice: list[str], kind: str) -> None:
         verdict = self.query_one("#launch-verdict", Static)

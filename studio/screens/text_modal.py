@@ -24,10 +24,14 @@ class TextModal(ModalScreen[None]):
         with Vertical(id="dialog", classes=self.DIALOG_CLASS):
             yield Static(self.title_text, id="dialog-title")
             with VerticalScroll(id="dialog-body"):
-                yield Static(self.body, id="text-body", markup=False)
+                yield from self.compose_body()
             with Horizontal(id="dialog-buttons"):
                 yield Button("Copy", id="copy")
                 yield Button("Close", id="close", variant=self.CLOSE_VARIANT)
+
+    def compose_body(self) -> ComposeResult:
+        """What scrolls between the title and the buttons (ErrorModal adds a traceback)."""
+        yield Static(self.body, id="text-body", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#close", Button).focus()

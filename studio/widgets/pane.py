@@ -1,40 +1,28 @@
-"""The base of each tab's content: a default focus target and worker failures shown in a modal."""
+"""The base of each tab's content: a default focus target, the typed app, and worker failures in a modal."""
 
 from __future__ import annotations
 
-import os
-import traceback
+from typing import TYPE_CHECKING, cast
 
 from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import TabbedContent, Tabs
 from textual.worker import Worker, WorkerState
 
-from studio.screens.error_modal import ErrorModal
-
-# Errors whose text is written for users (PresetError, DataError, CheckpointError... are
-# ValueError/RuntimeError subclasses with a full paragraph): shown without the exception's type.
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
-
-
-def describe_error(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    if not isinstance(error, USER_ERRORS):
-        text = f"{type(error).__name__}: {text}"
-    if os.environ.get("MINIMIND_DEBUG"):
-        text += "\n\n" + "".join(traceback.format_exception(error))
-    return text
-
-
-def one_paragraph(error: BaseException) -> str:
-    """The error as one paragraph: a user-facing message joined onto one line, never a traceback."""
-    return " ".join(describe_error(error).split())
+if TYPE_CHECKING:
+    from studio.app import StudioApp
 
 
 class Pane(Vertical):
     """A tab's content. Subclasses name their first focus target with DEFAULT_FOCUS (a selector)."""
 
     DEFAULT_FOCUS = ""
+
+    @property
+    def studio_app(self) -> StudioApp:
+        """The app as a StudioApp (runs_dir, poll_s, clock, followed...): panes only ever run inside one, and
+        a typed property beats a `type: ignore` at every use (posting's habit)."""
+        return cast("StudioApp", self.app)
 
     def on_mount(self) -> None:
         # Runs besides each subclass's on_mount (Textual calls handlers along the MRO). A lazily mounted
@@ -54,8 +42,7 @@ class Pane(Vertical):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
-            self.app.push_screen(ErrorModal(f"{event.worker.name or 'background task'} failed",
-                                            describe_error(event.worker.error)))
+            self.studio_app.show_error(f"{event.worker.name or 'background task'} failed", event.worker.error)
             self.worker_failed(event.worker)
 
     def worker_failed(self, worker: Worker) -> None:

@@ -75,7 +75,7 @@ class ChatPane(Pane):
         self.refresh_choices()
         if not self.columns():
             self.query_one("#chat-log-0", ChatLog).add_note(
-                f"no checkpoints under {display_path(self.app.runs_dir)}/ yet: train a run (1 Presets), or /load PATH")  # type: ignore[attr-defined]
+                f"no checkpoints under {display_path(self.studio_app.runs_dir)}/ yet: train a run (1 Presets), or /load PATH")
 
     def on_unmount(self) -> None:
         # Quitting mid-reply: asyncio waits for worker threads at exit, so make the reply end now.
@@ -86,7 +86,7 @@ class ChatPane(Pane):
         super().focus_default()
 
     def refresh_choices(self) -> None:
-        choices = [(c.label, str(c.path)) for c in list_checkpoint_choices(self.app.runs_dir)]  # type: ignore[attr-defined]
+        choices = [(c.label, str(c.path)) for c in list_checkpoint_choices(self.studio_app.runs_dir)]
         for ident in ("#ckpt-0", "#ckpt-1"):
             select = self.query_one(ident, Select)
             current = select.value
@@ -217,10 +217,10 @@ class ChatPane(Pane):
         if self.loaded.get(column) != path:
             from engine.chat import ChatSession
 
-            session = ChatSession.open(str(path), str(self.app.runs_dir), device=self.device)  # type: ignore[attr-defined]
+            session = ChatSession.open(str(path), str(self.studio_app.runs_dir), device=self.device)
             self.sessions[column], self.loaded[column] = session, path
             ckpt = session.checkpoint
-            self.post_message(ChatReady(column, {"path": str(ckpt.path), "step": ckpt.step, "mode": session.mode}))
+            self.post_message(ChatReady(column, Path(ckpt.path), ckpt.step, session.mode))
         return self.sessions[column]
 
     def _reply(self, column: int, path: Path, text: str, sampling: dict[str, Any], system: str | None,
@@ -251,10 +251,9 @@ class ChatPane(Pane):
     # ---- messages from the workers
 
     def on_chat_ready(self, message: ChatReady) -> None:
-        info = message.info
-        mode = "chat (SFT)" if info["mode"] == "chat" else "plain continuation (pretrain checkpoint)"
+        mode = "chat (SFT)" if message.mode == "chat" else "plain continuation (pretrain checkpoint)"
         log = self.query_one(f"#chat-log-{message.column}", ChatLog)
-        log.add_note(f"loaded {display_path(info['path'])} step {info['step']}: {mode}", before_turn=True)
+        log.add_note(f"loaded {display_path(message.path)} step {message.step}: {mode}", before_turn=True)
 
     def on_chat_piece(self, message: ChatPiece) -> None:
         self.query_one(f"#chat-log-{message.column}", ChatLog).add_piece(message.text)

@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from engine.errors import DataError
 from studio.data_scan import (
     DataReport,
     LengthStats,
@@ -86,7 +87,7 @@ class DataPane(Pane):
             files.add_option(Option(f"{path.name}  [dim]{path.stat().st_size / 1024:,.0f} KiB[/]", id=str(path)))
         if highlighted is not None and highlighted < files.option_count:
             files.highlighted = highlighted
-        self.tokenizers = run_tokenizers(self.app.runs_dir)  # type: ignore[attr-defined]
+        self.tokenizers = run_tokenizers(self.studio_app.runs_dir)
         select = self.query_one("#data-tokenizer", Select)
         current = select.value
         with self.prevent(Select.Changed):  # keep the chosen tokenizer (and its loaded copy)
@@ -115,7 +116,7 @@ class DataPane(Pane):
     @work(thread=True, exclusive=True, exit_on_error=False, group="data-scan", name="reading the file")
     def _scan(self, path: Path) -> None:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            raise DataError(f"{path}: no such file; pick one from the list or type the path of a .jsonl file")
         self.post_message(DataScanned(scan_file(path)))
 
     def on_data_scanned(self, message: DataScanned) -> None:

@@ -68,7 +68,7 @@ class MonitorPane(Pane):
             yield Static("", id="monitor-log", markup=False)
 
     def on_mount(self) -> None:
-        followed = self.app.followed  # type: ignore[attr-defined]
+        followed = self.studio_app.followed
         if followed:
             self.follow(followed)
         else:
@@ -77,7 +77,7 @@ class MonitorPane(Pane):
     def _follow_newest(self) -> None:
         from engine.runs import list_runs
 
-        runs = list_runs(self.app.runs_dir)  # type: ignore[attr-defined]
+        runs = list_runs(self.studio_app.runs_dir)
         if runs:
             self.follow([runs[-1]])
 
@@ -89,7 +89,7 @@ class MonitorPane(Pane):
         self.snapshots = {}
         self.stage_choice = None
         self.query_one("#monitor-head", Static).update(f"opening {self.run_dirs[0].name}…" if self.run_dirs else "")
-        self._follow(list(self.run_dirs), self.app.poll_s)  # type: ignore[attr-defined]
+        self._follow(list(self.run_dirs), self.studio_app.poll_s)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="monitor-follow", name="following the run")
     def _follow(self, run_dirs: list[Path], poll_s: float) -> None:
@@ -243,7 +243,7 @@ class MonitorPane(Pane):
         if not self.run_dirs:
             return
         primary = self.run_dirs[0]
-        choices = [(run_dir.name, run_dir) for run_dir in reversed(list_runs(self.app.runs_dir)) if run_dir != primary]  # type: ignore[attr-defined]
+        choices = [(run_dir.name, run_dir) for run_dir in reversed(list_runs(self.studio_app.runs_dir)) if run_dir != primary]
         if not choices:
             self.notify("no other runs to compare with", severity="warning")
             return

@@ -22,8 +22,9 @@ from textual.widgets import Button, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.config import PROJECT_ROOT, Preset, load_preset
-from engine.errors import PresetError
+from engine.errors import EngineError, PresetError
 from studio import launcher
+from studio.errors import shown_error
 from studio.messages import LaunchDone, LaunchFailed, OpenRuns
 from studio.paths import display_path
 from studio.preset_form import (
@@ -168,7 +169,7 @@ class PresetsPane(Pane):
             status.update(f"[b red]✗[/] {self.error}")
             status.set_class(True, "error")
         else:
-            where = f"; launches into {display_path(self.app.runs_dir)}/"  # type: ignore[attr-defined]
+            where = f"; launches into {display_path(self.studio_app.runs_dir)}/"
             status.update(f"[b green]✓[/] valid{f', {len(edits)} edited field(s)' if edits else ''}{where}")
             status.set_class(False, "error")
         self.query_one("#launch", Button).disabled = self.preset is None or self.launching
@@ -178,8 +179,8 @@ class PresetsPane(Pane):
         editor = self.query_one(PresetEditor)
         edits = edited_fields(self.base, editor.data, editor.fields)
         command, unexpressible = cli_command(self.path or Path("preset.toml"), edits)
-        if Path(str(editor.data.get("out_dir", "runs"))).resolve() != self.app.runs_dir:  # type: ignore[attr-defined]
-            command += " --set " + shlex.quote(f"out_dir={display_path(self.app.runs_dir)}")  # type: ignore[attr-defined]
+        if Path(str(editor.data.get("out_dir", "runs"))).resolve() != self.studio_app.runs_dir:
+            command += " --set " + shlex.quote(f"out_dir={display_path(self.studio_app.runs_dir)}")
         return command, unexpressible
 
     def command_text(self) -> str:
@@ -202,7 +203,7 @@ class PresetsPane(Pane):
         if self.launching:
             return
         launched = self.preset.model_copy(deep=True)
-        launched.out_dir = str(self.app.runs_dir)  # type: ignore[attr-defined]  # where the studio looks
+        launched.out_dir = str(self.studio_app.runs_dir)  # where the studio looks
         source = self.source
         self.app.push_screen(LaunchModal(launched, self.targets),
                              lambda confirmed: self._launch_confirmed(launched, source, confirmed))
@@ -219,8 +220,8 @@ class PresetsPane(Pane):
     def _launch(self, preset: Preset, source: str) -> None:
         try:
             launcher.check(preset, source)
-        except PresetError as error:
-            self.post_message(LaunchFailed(str(error)))
+        except EngineError as error:  # a preset or data problem, said as the CLI says it; a bug goes to the modal
+            self.post_message(LaunchFailed(shown_error(error).message))
             return
         run_dir = launcher.launch(preset)
         self.post_message(LaunchDone(run_dir))

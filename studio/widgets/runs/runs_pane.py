@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 from textual.worker import Worker
 
+from engine.errors import ResourceError
 from engine.run_state import RunState
 from engine.runs import (
     RunSummary,
@@ -29,15 +30,15 @@ from engine.runs import (
 from studio import exporter, launcher
 from studio.checkpoint_list import list_checkpoint_choices
 from studio.display import state_text
+from studio.errors import shown_error
 from studio.exporter import ExportRequest
 from studio.messages import ExportDone, ExportFailed, OpenRuns, RunsScanned
 from studio.paths import display_path
 from studio.run_rows import scan_runs
 from studio.runs_table import COLUMNS, row_cells
 from studio.screens.confirm_modal import ConfirmModal
-from studio.screens.error_modal import ErrorModal
 from studio.screens.export_modal import ExportModal
-from studio.widgets.pane import Pane, one_paragraph
+from studio.widgets.pane import Pane
 
 MARK = "● "
 
@@ -71,14 +72,14 @@ class RunsPane(Pane):
         for column in COLUMNS:
             table.add_column(column, key=column)
         self.scan()
-        self.set_interval(self.app.poll_s, self.scan)  # type: ignore[attr-defined]
+        self.set_interval(self.studio_app.poll_s, self.scan)
 
     # ---- scanning
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-scan", name="reading run directories")
     def scan(self) -> None:
         try:
-            rows = scan_runs(self.app.runs_dir)  # type: ignore[attr-defined]
+            rows = scan_runs(self.studio_app.runs_dir)
         except OSError as error:  # every second: a hint, not a modal per scan
             self.post_message(RunsScanned([], f"cannot read {error.filename}: {error.strerror}"))
             return
@@ -93,7 +94,7 @@ class RunsPane(Pane):
     def show_rows(self, rows: list[RunSummary]) -> None:
         """Update the table in place (cursor and scroll stay put), newest run first."""
         table = self.query_one(DataTable)
-        now = self.app.clock()  # type: ignore[attr-defined]
+        now = self.studio_app.clock()
         fresh = {str(row.run_dir): row for row in rows}
         self.marked &= {row.run_dir for row in rows}
         for key in [k for k in self.rows if k not in fresh]:
@@ -124,13 +125,14 @@ class RunsPane(Pane):
 
     def _hint(self) -> None:
         live = sum(row.live for row in self.rows.values())
-        text = f"{len(self.rows)} runs, {live} live, in {display_path(self.app.runs_dir)}/"  # type: ignore[attr-defined]
+        text = f"{len(self.rows)} runs, {live} live, in {display_path(self.studio_app.runs_dir)}/"
         if self.marked:
             text += f" · {len(self.marked)} marked (c: compare)"
         if self.exporting:
             text += f" · exporting to {display_path(self.exporting.out_dir)}/…"
         if not self.rows:
-            text = f"no runs under {display_path(self.app.runs_dir)}/ yet · n: pick a preset and launch it · ctrl+t: start tiny"  # type: ignore[attr-defined]
+            text = (f"no runs under {display_path(self.studio_app.runs_dir)}/ yet · n: pick a preset and launch it · "
+                    "ctrl+t: start tiny")
         self.query_one("#runs-hint", Static).update(text)
 
     # ---- the run under the cursor
@@ -179,7 +181,7 @@ class RunsPane(Pane):
         row = self.current()
         if row:
             self.marked ^= {row.run_dir}
-            self.query_one(DataTable).update_cell(str(row.run_dir), "id", self._cells(row, self.app.clock())[0])  # type: ignore[attr-defined]
+            self.query_one(DataTable).update_cell(str(row.run_dir), "id", self._cells(row, self.studio_app.clock())[0])
             self._hint()
 
     def action_compare(self) -> None:
@@ -232,12 +234,12 @@ class RunsPane(Pane):
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-delete", name="delete")
     def _delete(self, run_dir: Path) -> None:
         if effective_state(read_status(run_dir)).live:  # it may have been resumed since the question
-            raise RuntimeError(f"{run_dir.name} is running again; stop it before deleting")
+            raise ResourceError(f"{run_dir.name} is running again; stop it before deleting")
         shutil.rmtree(run_dir)
-        self.post_message(RunsScanned(scan_runs(self.app.runs_dir)))  # type: ignore[attr-defined]
+        self.post_message(RunsScanned(scan_runs(self.studio_app.runs_dir)))
 
     def action_new(self) -> None:
-        self.app.action_show_tab("presets")  # type: ignore[attr-defined]
+        self.studio_app.action_show_tab("presets")
 
     # ---- export
 
@@ -249,7 +251,7 @@ class RunsPane(Pane):
             self.notify(f"already exporting to {display_path(self.exporting.out_dir)}/: wait for it to finish",
                         severity="warning", markup=False)
             return
-        choices = [c for c in list_checkpoint_choices(self.app.runs_dir) if c.run_id == row.run_id]  # type: ignore[attr-defined]
+        choices = [c for c in list_checkpoint_choices(self.studio_app.runs_dir) if c.run_id == row.run_id]
         if not choices:
             self.notify(f"{row.run_id} has no complete checkpoint yet", severity="warning", markup=False)
             return
@@ -266,8 +268,8 @@ class RunsPane(Pane):
     def _export(self, request: ExportRequest) -> None:
         try:
             result = exporter.run(request)
-        except Exception as error:  # noqa: BLE001 - a refusal or a failure: the user gets a paragraph, not a crash
-            self.post_message(ExportFailed(request, one_paragraph(error)))
+        except Exception as error:  # noqa: BLE001 - a refusal (the engine's paragraph) or a bug named as one
+            self.post_message(ExportFailed(request, shown_error(error)))
             return
         self.post_message(ExportDone(result))
 
@@ -289,4 +291,4 @@ class RunsPane(Pane):
     def on_export_failed(self, message: ExportFailed) -> None:
         self.exporting = None
         self._hint()
-        self.app.push_screen(ErrorModal(f"export of {message.request.label} failed", message.message))
+        self.studio_app.show_error(f"export of {message.request.label} failed", message.error)
