@@ -6,6 +6,7 @@ A pretrain checkpoint has never seen the chat template, so it continues plain te
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ class ChatSession:
         self.system_prompt = system_prompt
         self.tools = tools  # function specs rendered in the system turn (engine.reply.read_tool_specs)
         self.history: list[dict[str, Any]] = []
+        # The conversation's generation: clear() starts a new one. A reply streams in a worker thread while the
+        # UI may clear, so the turn is only kept if its conversation is still the current one.
+        self.epoch = 0
+        self._history_lock = threading.Lock()
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("</s>")) if i is not None and i >= 0}
 
     @classmethod
@@ -55,8 +60,12 @@ class ChatSession:
         """Stream the raw reply piece by piece (split it with engine.reply.ReplyParser to show it). The turn
         joins the history when the stream ends, also when the caller stops it early (closing the
         generator): the partial answer is what the user saw. The history keeps the answer and the tool
-        calls, not the reasoning (see ReplyParser.assistant_message)."""
-        sampling = sampling or Sampling()
+        calls, not the reasoning (see ReplyParser.assistant_message). A clear() while it streams wins:
+        the turn belongs to the conversation it was asked in, which was cleared, and is dropped."""
+        # Not a generator itself: the epoch is taken now, when the question is asked, not at the first piece.
+        return self._stream(user_text, sampling or Sampling(), use_cache, self.epoch)
+
+    def _stream(self, user_text: str, sampling: Sampling, use_cache: bool, epoch: int) -> Iterator[str]:
         tokens = generate(self.model, self.prompt_ids(user_text), sampling, self.stop_ids, use_cache=use_cache)
         parser = ReplyParser()
         try:
@@ -65,14 +74,18 @@ class ChatSession:
                 yield piece
         finally:
             parser.finish()
-            if self.mode == "chat":
-                self.history += [{"role": "user", "content": user_text}, parser.assistant_message()]
+            with self._history_lock:  # clear() cannot slip between the epoch check and the append
+                if self.mode == "chat" and self.epoch == epoch:
+                    self.history += [{"role": "user", "content": user_text}, parser.assistant_message()]
 
     def answer(self, user_text: str, sampling: Sampling | None = None) -> str:
         return "".join(self.reply(user_text, sampling))
 
     def clear(self) -> None:
-        self.history.clear()
+        """Start a new conversation; a reply still streaming from the old one will not join it."""
+        with self._history_lock:
+            self.epoch += 1
+            self.history.clear()
 
 
 def read_heldout(path: Path) -> list[dict]:

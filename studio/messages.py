@@ -101,10 +101,11 @@ class ExportFailed(Message):
 
 @dataclass
 class ChatPiece(Message):
-    """A piece of streamed reply text for chat column `column`."""
+    """A piece of streamed reply text for chat column `column`, in conversation `epoch` (see ChatPane.epoch)."""
 
     column: int
     text: str
+    epoch: int = 0
 
 
 @dataclass
@@ -115,6 +116,7 @@ class ChatDone(Message):
     stopped: bool
     pieces: int
     seconds: float
+    epoch: int = 0
 
 
 @dataclass
@@ -125,6 +127,7 @@ class ChatReady(Message):
     path: Path
     step: int
     mode: Literal["chat", "continue"]  # engine.chat.ChatSession.mode: "continue" for a pretrain checkpoint
+    epoch: int = 0
 
 
 @dataclass

@@ -111,3 +111,33 @@ def test_session_renders_tools_and_keeps_calls_without_reasoning(trained_run: Pa
     assert "<tool_call>" in follow_up and "über simple" not in follow_up
     scored = exact_match(session, [{"messages": [{"role": "user", "content": "2 plus 3?"}], "answer": "Let me add them."}])
     assert scored["correct"] == 1  # held-out answers are scored without the reasoning in front of them
+
+
+def test_clear_while_a_reply_streams_keeps_the_turn_out_of_the_new_conversation(trained_run: Path) -> None:
+    """Guards against the bug where clearing the chat mid-reply let the reply's generator, finishing
+    afterwards, put the cleared question and its partial answer back into the history (the model then
+    answered the next question in a conversation the user had wiped), both when the stream runs to its
+    end after the clear and when it is closed early (the studio's stop)."""
+    from engine.chat import ChatSession
+    from engine.generate import Sampling
+
+    session = ChatSession.open(trained_run)
+    assert session.mode == "chat"
+    session.stop_ids = set()  # no early end of text: the reply is long enough to be cut in the middle
+    sampling = Sampling(temperature=1.0, max_new_tokens=16, seed=3)
+
+    stream = session.reply("tell me a story", sampling)
+    first = next(stream)  # mid-stream
+    session.clear()
+    rest = list(stream)  # the remaining pieces arrive and the generator finishes after the clear
+    assert first and rest and session.history == []
+
+    stream = session.reply("and another one", sampling)
+    next(stream)
+    session.clear()
+    stream.close()  # stopped early, as the studio's worker does when the chat is cleared
+    assert session.history == []
+
+    answer = session.answer("hello", sampling)  # the next question starts a clean conversation
+    assert session.history == [{"role": "user", "content": "hello"}, parse_reply(answer).assistant_message()]
+    assert "story" not in session.tokenizer.decode(session.prompt_ids("again"))

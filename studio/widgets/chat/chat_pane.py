@@ -51,6 +51,9 @@ class ChatPane(Pane):
         self.busy: set[int] = set()
         self.overrides: dict[int, Path] = {}  # column -> a path given with /load
         self.choices: dict[str, list[tuple[str, str]]] = {}  # what each checkpoint menu lists now
+        # The conversation's generation, bumped by a clear. Workers tag what they post with the epoch they
+        # were started in; pieces of a cleared conversation still in flight are dropped, not shown.
+        self.epoch = 0
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="chat-pickers"):
@@ -184,12 +187,14 @@ class ChatPane(Pane):
             return
         system = self.query_one("#s-system", Input).value.strip() or None
         self.stop_flag.clear()
+        epoch = self.epoch
         for column in columns:
             self.query_one(f"#chat-log-{column}", ChatLog).add_user(text)
             self.busy.add(column)
             path = self.checkpoint(column)
-            self.run_worker(lambda c=column, p=path: self._reply(c, p, text, sampling, system, tools), thread=True,
-                            exclusive=True, exit_on_error=False, group=f"chat-{column}", name=f"chat with {path}")
+            self.run_worker(lambda c=column, p=path: self._reply(c, p, text, sampling, system, tools, epoch),
+                            thread=True, exclusive=True, exit_on_error=False, group=f"chat-{column}",
+                            name=f"chat with {path}")
         self.query_one("#chat-status", Static).update("generating… ctrl+s stops")
 
     def tool_specs(self) -> list[dict[str, Any]] | None:
@@ -212,7 +217,7 @@ class ChatPane(Pane):
         field.value = argument
         log.add_note(f"tools: {', '.join(tool_names(specs))} (offered in the system turn)")
 
-    def _session(self, column: int, path: Path) -> Any:
+    def _session(self, column: int, path: Path, epoch: int) -> Any:
         """The column's ChatSession for `path`, loaded on first use (worker thread: torch imports here)."""
         if self.loaded.get(column) != path:
             from engine.chat import ChatSession
@@ -220,50 +225,55 @@ class ChatPane(Pane):
             session = ChatSession.open(str(path), str(self.studio_app.runs_dir), device=self.device)
             self.sessions[column], self.loaded[column] = session, path
             ckpt = session.checkpoint
-            self.post_message(ChatReady(column, Path(ckpt.path), ckpt.step, session.mode))
+            self.post_message(ChatReady(column, Path(ckpt.path), ckpt.step, session.mode, epoch))
         return self.sessions[column]
 
     def _reply(self, column: int, path: Path, text: str, sampling: dict[str, Any], system: str | None,
-               tools: list[dict[str, Any]] | None = None) -> None:
+               tools: list[dict[str, Any]] | None = None, epoch: int = 0) -> None:
         try:
             from engine.generate import (
                 Sampling,  # torch: only ever imported here, in the worker
             )
 
-            session = self._session(column, path)
+            session = self._session(column, path, epoch)
             session.system_prompt, session.tools = system, tools
             started, pieces, stopped = time.monotonic(), [], False
             stream = session.reply(text, Sampling(**sampling))
             try:
                 for piece in stream:
                     pieces.append(piece)
-                    self.post_message(ChatPiece(column, piece))
+                    self.post_message(ChatPiece(column, piece, epoch))
                     if self.stop_flag.is_set():  # checked after showing: history == what the user saw
                         stopped = True
                         break
             finally:
                 stream.close()  # the session keeps the partial answer in its history
-            self.post_message(ChatDone(column, stopped, len(pieces), time.monotonic() - started))
+            self.post_message(ChatDone(column, stopped, len(pieces), time.monotonic() - started, epoch))
         except BaseException:
-            self.post_message(ChatDone(column, True, 0, 0.0))
+            self.post_message(ChatDone(column, True, 0, 0.0, epoch))
             raise
 
     # ---- messages from the workers
 
     def on_chat_ready(self, message: ChatReady) -> None:
+        if message.epoch != self.epoch:
+            return  # the conversation it was loaded for was cleared; the session stays loaded
         mode = "chat (SFT)" if message.mode == "chat" else "plain continuation (pretrain checkpoint)"
         log = self.query_one(f"#chat-log-{message.column}", ChatLog)
         log.add_note(f"loaded {display_path(message.path)} step {message.step}: {mode}", before_turn=True)
 
     def on_chat_piece(self, message: ChatPiece) -> None:
+        if message.epoch != self.epoch:
+            return  # in flight when the chat was cleared
         self.query_one(f"#chat-log-{message.column}", ChatLog).add_piece(message.text)
 
     def on_chat_done(self, message: ChatDone) -> None:
-        self.busy.discard(message.column)
-        log = self.query_one(f"#chat-log-{message.column}", ChatLog)
-        rate = message.pieces / message.seconds if message.seconds > 0 else 0.0
-        note = f"{'stopped · ' if message.stopped else ''}{message.pieces} pieces · {rate:.1f}/s" if message.pieces else ""
-        log.end_reply(note)
+        self.busy.discard(message.column)  # the worker is done whichever conversation it was in
+        if message.epoch == self.epoch:
+            log = self.query_one(f"#chat-log-{message.column}", ChatLog)
+            rate = message.pieces / message.seconds if message.seconds > 0 else 0.0
+            note = f"{'stopped · ' if message.stopped else ''}{message.pieces} pieces · {rate:.1f}/s" if message.pieces else ""
+            log.end_reply(note)
         if not self.busy:
             self.query_one("#chat-status", Static).update(HELP)
 
@@ -274,12 +284,15 @@ class ChatPane(Pane):
             self.stop_flag.set()
 
     def action_clear(self) -> None:
+        """A new conversation: empty logs and histories. A reply still streaming is stopped, its pieces in
+        flight are dropped (older epoch) and its turn does not come back (ChatSession.clear)."""
+        self.epoch += 1
         self.action_stop()
         for column in (0, 1):
             self.query_one(f"#chat-log-{column}", ChatLog).clear()
             session = self.sessions.get(column)
             if session is not None:
-                session.clear()  # the worker is done or stopping; history is only touched between replies
+                session.clear()
 
     def action_copy(self) -> None:
         replies = [self.query_one(f"#chat-log-{c}", ChatLog).reply_text for c in self.columns()]
