@@ -1,4 +1,7 @@
-"""Put the repository root on sys.path so tests import `engine` and `studio` without installing the package."""
+"""Fixtures every test folder shares; the logic lives in tests/support.
+
+The repository root goes on sys.path first, so tests import `engine`, `studio` and `tests.support`
+without installing the package."""
 
 import sys
 from pathlib import Path
@@ -6,3 +9,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+from tests.support.corpus import write_corpus  # noqa: E402
+from tests.support.presets import train_run  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tokenizer -> pretrain -> sft run, trained once per session and shared by the
+    read-only tests (chat, export, the CLI views, the studio's chat, data and export tabs)."""
+    return train_run(corpus, tmp_path_factory.mktemp("trained"))

@@ -15,8 +15,8 @@ from engine.runs import create_run
 
 
 def main(corpus_dir: str, work_dir: str, steps: int, leak: bool) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import preset_factory
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.support
+    from tests.support.presets import preset_factory
 
     if leak:
         kept = []

@@ -16,7 +16,7 @@ from engine.pipeline import preflight, run_pipeline
 from engine.runs import create_run
 from engine.tokenizer import adopt_tokenizer, load_tokenizer
 from tests.engine.chat_fixtures import RECORDS, make_minimind_style_dir, write_jsonl
-from tests.engine.conftest import preset_factory
+from tests.support.presets import preset_factory
 
 
 def _train(corpus, root: Path, sft_path: Path, **sections):

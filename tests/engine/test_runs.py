@@ -11,7 +11,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from safetensors.torch import load_file
@@ -29,18 +28,10 @@ from engine.runs import (
     new_run_id,
     read_status,
 )
+from tests.support.wait import wait_until
 
 CLI = [sys.executable, "-m", "studio.cli"]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 120, what: str = "condition") -> object:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+STALL_IN_SAVE = Path(__file__).resolve().parents[1] / "support" / "stall_in_save.py"
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -51,15 +42,18 @@ def step_losses(run_dir: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step"}
 
 
-@pytest.fixture
-def long_preset(make_preset, tmp_path: Path) -> Path:
-    """A pretrain-only preset that runs for several seconds even on an idle machine (so a stop or kill
-    lands mid-run) and checkpoints often (hidden 128: a save takes long enough to be hit)."""
+def save_long_preset(make_preset, path: Path, max_steps: int) -> Path:
+    """A pretrain-only preset that runs for seconds even on an idle machine (so a stop or kill lands
+    mid-run) and checkpoints every 5 steps (hidden 128)."""
     preset = make_preset(stages=["tokenizer", "pretrain"], model={"hidden_size": 128, "num_attention_heads": 4},
-                         pretrain={"max_steps": 400, "save_interval": 5, "keep_checkpoints": 2, "batch_size": 8})
-    path = tmp_path / "long.toml"
+                         pretrain={"max_steps": max_steps, "save_interval": 5, "keep_checkpoints": 2, "batch_size": 8})
     save_preset(preset, path)
     return path
+
+
+@pytest.fixture
+def long_preset(make_preset, tmp_path: Path) -> Path:
+    return save_long_preset(make_preset, tmp_path / "long.toml", 400)
 
 
 def launch(preset_path: Path, out_dir: Path) -> Path:
@@ -140,7 +134,7 @@ def test_detached_run_outlives_the_shell_that_started_it(make_preset, tmp_path: 
     assert shell.returncode == 0, shell.stderr
     run_dir = Path(preset.out_dir) / shell.stdout.strip().splitlines()[-1]
     assert read_status(run_dir).get("state") != "finished"  # the shell is gone, the run is not done yet
-    wait_for(lambda: read_status(run_dir).get("state") == "finished", what="the detached run to finish")
+    wait_until(lambda: read_status(run_dir).get("state") == "finished", what="the detached run to finish")
     status = read_status(run_dir)
     assert status["step"] == 60 and os.getsid(0) != status.get("pid")
     log = (run_dir / "train.log").read_text()
@@ -151,11 +145,11 @@ def test_stop_checkpoints_and_resume_finishes(long_preset: Path, make_preset) ->
     """Guards against `stop` losing work (no checkpoint) and `resume` restarting from scratch."""
     out_dir = Path(make_preset().out_dir)
     run_dir = launch(long_preset, out_dir)
-    wait_for(lambda: read_status(run_dir).get("step", 0) >= 3 and read_status(run_dir).get("stage") == "pretrain",
+    wait_until(lambda: read_status(run_dir).get("step", 0) >= 3 and read_status(run_dir).get("stage") == "pretrain",
              what="training to start")
     done = cli("stop", run_dir.name, "--out-dir", str(out_dir))
     assert done.returncode == 0 and "asked" in done.stdout
-    wait_for(lambda: read_status(run_dir).get("state") == "stopped", what="the run to stop")
+    wait_until(lambda: read_status(run_dir).get("state") == "stopped", what="the run to stop")
     stopped_at = read_checkpoint(run_dir / "checkpoints" / "pretrain" / "latest").step
     assert 3 <= stopped_at < 400
     done = cli("resume", run_dir.name, "--out-dir", str(out_dir), timeout=300)
@@ -166,36 +160,66 @@ def test_stop_checkpoints_and_resume_finishes(long_preset: Path, make_preset) ->
     assert [s["start_step"] for s in starts] == [0, stopped_at]
 
 
-def test_kill_9_anywhere_leaves_a_resumable_run_with_the_same_losses(long_preset: Path, make_preset) -> None:
-    """Guards against kill -9 (even mid-checkpoint) leaving `latest` broken, a run shown as running, or a
-    resumed run drifting from the loss curve of an uninterrupted one."""
+def live_past(run_dir: Path, step: int, not_pid: int | None = None) -> dict | None:
+    """The run's status once a live process other than not_pid (a killed one) trains past `step`."""
+    status = read_status(run_dir)
+    live = status.get("pid") != not_pid and effective_state(status) == "running" and status.get("step", 0) >= step
+    return status if live else None
+
+
+def kill_9(run_dir: Path, pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: effective_state(read_status(run_dir)) == "crashed", timeout=10, what="the crashed state")
+
+
+def test_kill_9_mid_run_and_mid_checkpoint_write_leaves_a_resumable_run_with_the_same_losses(
+        make_preset, tmp_path: Path) -> None:
+    """Guards against kill -9 (at any step, and inside a checkpoint write) leaving `latest` broken or
+    pointing at a half-written checkpoint, a run shown as running, a torn temporary that is never
+    cleared, or a resumed run drifting from the loss curve of an uninterrupted one."""
     from engine.config import load_preset
 
+    preset_path = save_long_preset(make_preset, tmp_path / "kill.toml", 120)
     out_dir = Path(make_preset().out_dir)
-    straight = create_run(load_preset(long_preset))
+    straight = create_run(load_preset(preset_path))
     run_pipeline(straight)
     expected = step_losses(straight)
 
-    run_dir = launch(long_preset, out_dir)
+    # Killed wherever it happens to be, once past step 6.
+    run_dir = launch(preset_path, out_dir)
     stage_dir = run_dir / "checkpoints" / "pretrain"
-    killed_pid = None
-    for kill_after_step in (6, 60, 150):
-        def live_past_step(step: int = kill_after_step, old: int | None = killed_pid) -> bool:
-            status = read_status(run_dir)  # the resumed process has claimed the run and trains
-            return status.get("pid") != old and effective_state(status) == "running" and status.get("step", 0) >= step
-        wait_for(live_past_step, what=f"a live run past step {kill_after_step}")
-        if kill_after_step == 150:  # aim for the middle of a checkpoint write (best effort: saves are short)
-            deadline = time.time() + 1.0
-            while time.time() < deadline and not any(p.name.startswith(".step_") for p in stage_dir.iterdir()):
-                time.sleep(0.001)
-        killed_pid = read_status(run_dir)["pid"]
-        os.kill(killed_pid, signal.SIGKILL)
-        wait_for(lambda: effective_state(read_status(run_dir)) == "crashed", timeout=10, what="crashed state")
-        latest = read_checkpoint(stage_dir / "latest")
-        assert load_file(str(latest.path / "model.safetensors")) and load_file(str(latest.path / "trainer.safetensors"))
-        done = cli("resume", run_dir.name, "--detach", "--out-dir", str(out_dir))
-        assert done.returncode == 0, done.stderr
-    wait_for(lambda: read_status(run_dir).get("state") == "finished", timeout=300, what="the resumed run to finish")
+    first = wait_until(lambda: live_past(run_dir, 6), what="a live run past step 6")
+    kill_9(run_dir, first["pid"])
+    resumed_from = read_checkpoint(stage_dir / "latest").step
+
+    # Killed inside the write of a checkpoint: resumed by a driver that stalls half-way through the
+    # save of step `stall_at` (see tests/support/stall_in_save.py), after one complete save of its own.
+    stall_at, marker = resumed_from + 10, tmp_path / "stalled.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    with open(run_dir / "train.log", "ab") as log:
+        driver = subprocess.Popen([sys.executable, str(STALL_IN_SAVE), str(run_dir), str(stall_at), str(marker)],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  cwd=PROJECT_ROOT, start_new_session=True)
+    try:
+        stalled = json.loads(wait_until(lambda: marker.exists() and marker.read_text(), timeout=120,
+                                        what=f"the save of step {stall_at} to stall"))
+        torn = Path(stalled["tmp"])
+        assert torn.parent == stage_dir and torn.name == f".step_{stall_at:06d}.tmp-{driver.pid}"
+        assert (torn / "trainer.safetensors").stat().st_size == stalled["written"] < stalled["size"]
+        assert read_status(run_dir)["pid"] == driver.pid  # the process killed is the one writing
+    finally:
+        driver.kill()  # SIGKILL, while it is inside the write
+        driver.wait()  # reaped: a zombie would still look alive
+    wait_until(lambda: effective_state(read_status(run_dir)) == "crashed", timeout=10, what="the crashed state")
+    assert torn.is_dir() and not (stage_dir / f"step_{stall_at:06d}").exists()  # the write never finished
+    latest = read_checkpoint(stage_dir / "latest")
+    assert latest.step == stall_at - 5  # still the previous checkpoint, complete and loadable
+    assert load_file(str(latest.path / "model.safetensors")) and load_file(str(latest.path / "trainer.safetensors"))
+
+    done = cli("resume", run_dir.name, "--detach", "--out-dir", str(out_dir))
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: read_status(run_dir).get("state") == "finished", timeout=300, what="the resumed run to finish")
+    assert not torn.exists()  # the next save cleared the torn temporary
 
     seen = [(e["step"], e["loss"]) for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step"]
     assert {step for step, _ in seen} == set(expected)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from engine import tracking
 from engine.config import Preset, preset_from_dict
 from engine.events import EventLog, iter_events, parse_event
 from engine.tracking import SwanlabTracker, event_metrics
+from tests.support.fake_runs import step_fields
+from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,9 +32,8 @@ def make_preset(mode: str, **swanlab: Any) -> Preset:
 
 
 def step_event(stage: str, step: int, loss: float) -> dict[str, Any]:
-    return {"stage": stage, "step": step, "total_steps": 10, "loss": loss, "lr": 1e-3, "grad_norm": 0.5,
-            "tokens_per_s": 1000.0, "samples_per_s": 8.0, "mfu": None, "eta_s": 12.0, "tokens_seen": step * 128,
-            "epoch": 0.1, "rss_mb": 300.0}
+    """A step's fields with no MFU (the log's None) and fixed speed and memory figures."""
+    return step_fields(stage, step, 10, loss, tokens_per_s=1000.0, mfu=None, rss_mb=300.0)
 
 
 @pytest.fixture
@@ -246,6 +248,7 @@ def test_init_that_hangs_is_abandoned_after_the_timeout(hermetic: Path, monkeypa
     import swanlab
 
     finished: list[str] = []
+    release = threading.Event()
 
     class LateRun:
         id, dir = "late", "nowhere"
@@ -254,7 +257,7 @@ def test_init_that_hangs_is_abandoned_after_the_timeout(hermetic: Path, monkeypa
             finished.append(state)
 
     def slow_init(**_: Any) -> LateRun:
-        time.sleep(0.8)
+        release.wait(10)  # the server answers only after create has given up
         return LateRun()
 
     monkeypatch.setattr(swanlab, "init", slow_init)
@@ -264,9 +267,8 @@ def test_init_that_hangs_is_abandoned_after_the_timeout(hermetic: Path, monkeypa
     assert SwanlabTracker.create(make_preset("offline"), hermetic / "run", EventLog(None, [events.append])) is None
     assert time.perf_counter() - start < 0.7
     assert [e["kind"] for e in events] == ["warning"] and "TimeoutError" in events[0]["message"]
-    deadline = time.time() + 5
-    while not finished and time.time() < deadline:
-        time.sleep(0.05)
+    release.set()
+    wait_until(lambda: finished, timeout=5, what="the late run to be finished")
     assert finished == ["aborted"]
 
 

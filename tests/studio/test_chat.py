@@ -13,7 +13,7 @@ from studio.messages import ChatDone, ChatPiece
 from studio.screens.error_modal import ErrorModal
 from studio.widgets.chat.chat_log import ChatLog
 from studio.widgets.chat.chat_pane import ChatPane
-from tests.studio.helpers import ready, until
+from tests.support.wait import ready, until
 
 
 async def open_chat(pilot, seed: str = "3", max_tokens: str = "12") -> ChatPane:
@@ -26,11 +26,11 @@ async def open_chat(pilot, seed: str = "3", max_tokens: str = "12") -> ChatPane:
     return pane
 
 
-async def test_reply_streams_piece_by_piece(tiny_run: Path) -> None:
+async def test_reply_streams_piece_by_piece(trained_run: Path) -> None:
     """Guards against a chat that blocks the UI until the whole answer exists, or that loses pieces
     between the worker thread and the log."""
     posted: list[Message] = []
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(100, 32), message_hook=posted.append) as pilot:
         pane = await open_chat(pilot)
         choice = pane.query_one("#ckpt-0", Select).value
@@ -49,10 +49,10 @@ async def test_reply_streams_piece_by_piece(tiny_run: Path) -> None:
         assert app.clipboard == log.reply_text
 
 
-async def test_side_by_side_uses_one_seed_and_errors_open_a_modal(tiny_run: Path) -> None:
+async def test_side_by_side_uses_one_seed_and_errors_open_a_modal(trained_run: Path) -> None:
     """Guards against side-by-side replies sampled with different seeds (not comparable), and against a
     failing worker (a bad checkpoint path) killing the app instead of showing the error."""
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(120, 36)) as pilot:
         pane = await open_chat(pilot, seed="")  # no seed typed: one random seed is shared
         first = pane.query_one("#ckpt-0", Select).value
@@ -89,7 +89,7 @@ class EndlessSession:
         pieces = []
         try:
             while True:
-                time.sleep(0.01)
+                time.sleep(0.01)  # a model's pace, not a wait: without it the stand-in floods the UI
                 pieces.append("la ")
                 yield "la "
         finally:
@@ -100,11 +100,11 @@ class EndlessSession:
         self.history.clear()
 
 
-async def test_stop_ends_a_streaming_reply_and_keeps_the_partial_turn(tiny_run: Path) -> None:
+async def test_stop_ends_a_streaming_reply_and_keeps_the_partial_turn(trained_run: Path) -> None:
     """Guards against a stop key that the worker never checks (generation runs to max tokens with the
     UI saying 'stopped'), and against the stopped turn vanishing from the conversation."""
     posted: list[Message] = []
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(100, 32), message_hook=posted.append) as pilot:
         pane = await open_chat(pilot)
         path = pane.checkpoint(0)

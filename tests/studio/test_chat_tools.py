@@ -13,8 +13,8 @@ from engine.reply import parse_reply
 from studio.app import StudioApp
 from studio.chat_console import print_reply, tools_command
 from studio.widgets.chat.chat_log import ChatLog
-from tests.studio.helpers import until
 from tests.studio.test_chat import open_chat
+from tests.support.wait import until
 
 REPLY = ('<think>\nadd them — 2 und 3\n</think>\nCalling add.\n'
          '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>')
@@ -47,10 +47,10 @@ def tools_file(tmp_path: Path) -> Path:
     return path
 
 
-async def test_tab_shows_reasoning_apart_and_the_call_as_a_call(tiny_run: Path, tmp_path: Path) -> None:
+async def test_tab_shows_reasoning_apart_and_the_call_as_a_call(trained_run: Path, tmp_path: Path) -> None:
     """Guards against reasoning shown as part of the answer (or copied with it), a tool call shown as raw
     JSON in the answer, and /tools specs that never reach the session."""
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(100, 32)) as pilot:
         pane = await open_chat(pilot)
         session = ScriptedSession()

@@ -11,7 +11,7 @@ from engine.config import load_preset
 from studio.app import StudioApp
 from studio.data_scan import MASK_STYLE, render_record
 from studio.widgets.data.data_pane import DataPane
-from tests.studio.helpers import ready, until
+from tests.support.wait import ready, until
 
 GOOD = {"conversations": [{"role": "user", "content": "2 plus 2?"}, {"role": "assistant", "content": "4"}]}
 
@@ -46,18 +46,18 @@ async def test_bad_lines_are_listed_with_their_line_numbers(runs_dir: Path, tmp_
         assert "assistant" in str(record_text)
 
 
-async def test_token_lengths_with_a_runs_tokenizer_and_the_sampler(tiny_run: Path, tmp_path: Path) -> None:
+async def test_token_lengths_with_a_runs_tokenizer_and_the_sampler(trained_run: Path, tmp_path: Path) -> None:
     """Guards against token statistics that ignore the run's tokenizer/max_seq_len, and a sampler that
     writes nothing (or blocks the UI while it works)."""
-    sft_path = Path(load_preset(tiny_run / "preset.toml").sft.data_path)
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    sft_path = Path(load_preset(trained_run / "preset.toml").sft.data_path)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(100, 32)) as pilot:
         await ready(pilot)
         await pilot.press("4")
         pane = app.query_one(DataPane)
         pane.open(sft_path)
         await until(pilot, lambda: pane.report is not None, what="the scan")
-        pane.query_one("#data-tokenizer", Select).value = str(tiny_run / "tokenizer")
+        pane.query_one("#data-tokenizer", Select).value = str(trained_run / "tokenizer")
         await until(pilot, lambda: pane.lengths is not None, timeout=30, what="token lengths")
         assert len(pane.lengths.lengths) == pane.report.records and pane.lengths.max_seq_len == 32
         assert 0.0 <= pane.lengths.beyond < 1.0

@@ -19,7 +19,7 @@ from studio.app import StudioApp
 from studio.screens.error_modal import ErrorModal
 from studio.screens.export_modal import ExportModal
 from studio.widgets.runs.runs_pane import RunsPane
-from tests.studio.helpers import ready, until
+from tests.support.wait import ready, until
 
 
 def notes(posted: list[Message]) -> list[str]:
@@ -65,45 +65,45 @@ def test_the_dialog_offers_the_engines_dtypes() -> None:
     assert exporter.FORMATS["hf"].default_dtype == "float32" and exporter.FORMATS["gguf"].default_dtype == "f16"
 
 
-async def test_gguf_q8_0_export_from_the_runs_tab(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+async def test_gguf_q8_0_export_from_the_runs_tab(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Guards against the studio having no way to export, a dtype menu that keeps the other format's
     names after the format changes, a folder that does not follow the format, and a success that
     does not say where the file is and how to run it."""
     monkeypatch.chdir(tmp_path)
     posted: list[Message] = []
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(100, 32), message_hook=posted.append) as pilot:
-        modal = await open_export(pilot, tiny_run)
+        modal = await open_export(pilot, trained_run)
         assert modal.checkpoint.stage == "sft" and modal.checkpoint.name.startswith("latest")  # the newest, chat-ready
         assert (modal.fmt, modal.dtype) == ("hf", "float32")
-        assert modal.query_one("#export-dir", Input).value == f"exports/{tiny_run.name}-sft-hf"
+        assert modal.query_one("#export-dir", Input).value == f"exports/{trained_run.name}-sft-hf"
 
         await choose(pilot, modal, "export-format", "gguf")
         assert modal.dtype == "f16"
         with pytest.raises(InvalidSelectValueError):  # the Hugging Face names are gone from the menu
             modal.query_one("#export-dtype", Select).value = "float32"
-        assert modal.query_one("#export-dir", Input).value == f"exports/{tiny_run.name}-sft-gguf"
+        assert modal.query_one("#export-dir", Input).value == f"exports/{trained_run.name}-sft-gguf"
         await choose(pilot, modal, "export-dtype", "q8_0")
         await pilot.click("#export")
         await pilot.pause()
         assert not isinstance(app.screen, ExportModal)
         await wait_for_export(pilot, posted)
 
-        out = tmp_path / "exports" / f"{tiny_run.name}-sft-gguf"
+        out = tmp_path / "exports" / f"{trained_run.name}-sft-gguf"
         assert (out / "model.gguf").is_file() and (out / "Modelfile").is_file()
         [done] = [text for text in notes(posted) if "model.gguf" in text]
-        assert f"{tiny_run.name} · sft · latest" in done and "(q8_0, " in done
-        assert f"llama-cli -m exports/{tiny_run.name}-sft-gguf/model.gguf" in done
-        assert f"cd exports/{tiny_run.name}-sft-gguf && ollama create {tiny_run.name}-sft-gguf -f Modelfile" in done
+        assert f"{trained_run.name} · sft · latest" in done and "(q8_0, " in done
+        assert f"llama-cli -m exports/{trained_run.name}-sft-gguf/model.gguf" in done
+        assert f"cd exports/{trained_run.name}-sft-gguf && ollama create {trained_run.name}-sft-gguf -f Modelfile" in done
         assert not isinstance(app.screen, ErrorModal)
 
 
-async def test_cancel_writes_nothing(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+async def test_cancel_writes_nothing(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Guards against Escape in the export dialog starting an export anyway (or creating the folder)."""
     monkeypatch.chdir(tmp_path)
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(100, 32)) as pilot:
-        modal = await open_export(pilot, tiny_run)
+        modal = await open_export(pilot, trained_run)
         await choose(pilot, modal, "export-format", "gguf")
         await pilot.press("escape")
         await pilot.pause()
@@ -113,12 +113,12 @@ async def test_cancel_writes_nothing(tiny_run: Path, tmp_path: Path, monkeypatch
     assert not (tmp_path / "exports").exists()
 
 
-async def test_a_refused_checkpoint_shows_the_engines_paragraph(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+async def test_a_refused_checkpoint_shows_the_engines_paragraph(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Guards against an engine refusal (an MoE checkpoint GGUF cannot hold) crashing the studio, being
     lost in a worker, or leaving the pane believing an export is still under way."""
     runs = tmp_path / "runs"
-    moe = runs / tiny_run.name
-    shutil.copytree(tiny_run, moe, symlinks=True)
+    moe = runs / trained_run.name
+    shutil.copytree(trained_run, moe, symlinks=True)
     for state_file in (moe / "checkpoints" / "sft").glob("step_*/state.json"):
         state = json.loads(state_file.read_text(encoding="utf-8"))
         state["model"]["use_moe"] = True  # what an MoE preset's checkpoint says; refused before weights are read
@@ -145,7 +145,7 @@ async def test_a_refused_checkpoint_shows_the_engines_paragraph(tiny_run: Path, 
 async def test_an_export_under_way_cannot_be_started_twice(runs_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Guards against a second `x` starting another export while one is writing (two workers on one
     folder, or the first one's result lost)."""
-    from tests.studio.conftest import make_run
+    from tests.support.fake_runs import make_run
 
     run_dir = make_run(runs_dir, "20250101-000000-tiny", stage="sft")
     latest = run_dir / "checkpoints" / "sft" / "step_000004"
@@ -182,13 +182,13 @@ async def test_an_export_under_way_cannot_be_started_twice(runs_dir: Path, tmp_p
         await until(pilot, lambda: isinstance(app.screen, ExportModal), what="the dialog again")
 
 
-async def test_a_folder_the_user_typed_is_kept(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+async def test_a_folder_the_user_typed_is_kept(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Guards against a format change overwriting the folder the user typed, and against an empty
     folder dismissing the dialog with an export into the working directory itself."""
     monkeypatch.chdir(tmp_path)
-    app = StudioApp(tiny_run.parent, offer_tiny=False)
+    app = StudioApp(trained_run.parent, offer_tiny=False)
     async with app.run_test(size=(100, 32)) as pilot:
-        modal = await open_export(pilot, tiny_run)
+        modal = await open_export(pilot, trained_run)
         folder = modal.query_one("#export-dir", Input)
         folder.value = "mine/out"
         await choose(pilot, modal, "export-format", "gguf")

@@ -16,8 +16,8 @@ from studio.app import StudioApp
 from studio.screens.launch_modal import ESTIMATING, LaunchModal
 from studio.widgets.presets.preset_editor import PresetEditor
 from studio.widgets.presets.presets_pane import PresetsPane
-from tests.studio.conftest import make_run
-from tests.studio.helpers import ready, until
+from tests.support.fake_runs import make_run
+from tests.support.wait import ready, until
 
 ROOMY = Target("cpu", "float32", 64 * GiB, "test CPU", None, 1.0)  # tiny fits with room to spare
 CRAMPED = Target("cpu", "float32", 2 * GiB, "test CPU", None, 1.0)

@@ -8,15 +8,14 @@ from pathlib import Path
 
 from textual.message import Message
 
-import studio.run_watch as run_watch
 from studio.app import StudioApp
 from studio.messages import OpenRuns, RunUpdated
 from studio.run_watch import RunWatch
 from studio.widgets.monitor.memory_panel import memory_renderable
 from studio.widgets.monitor.metric_plot import MetricPlot
 from studio.widgets.monitor.monitor_pane import MonitorPane
-from tests.studio.conftest import T0, event_line, make_run, step_event
-from tests.studio.helpers import ready, until
+from tests.support.fake_runs import T0, event_line, make_run, step_event
+from tests.support.wait import ready, spy_event_reads, until
 
 STAGE_START = {"v": 1, "t": T0, "kind": "stage_start", "stage": "pretrain", "total_steps": 100, "start_step": 0,
                "resumed": False, "device": "cpu", "dtype": "float32"}
@@ -34,14 +33,7 @@ async def test_monitor_follows_a_growing_events_file_with_a_torn_last_line(runs_
     run_dir = make_run(runs_dir, "20250101-000000-tiny", state="running", pid=os.getpid(), stage="pretrain",
                        events=[STAGE_START] + [step_event("pretrain", s, 100, 5.0 - s / 10) for s in (1, 2, 3)],
                        log="line one\nline two\n")
-    offsets: list[int] = []
-    real_read = run_watch.read_events
-
-    def spy(path: Path, offset: int, max_bytes: int = run_watch.CHUNK_BYTES):
-        offsets.append(offset)
-        return real_read(path, offset, max_bytes)
-
-    monkeypatch.setattr(run_watch, "read_events", spy)
+    offsets = spy_event_reads(monkeypatch)  # one read per poll
     posted: list[Message] = []
     app = StudioApp(runs_dir, offer_tiny=False, poll_s=0.05)
     async with app.run_test(size=(100, 32), message_hook=posted.append) as pilot:
@@ -57,7 +49,9 @@ async def test_monitor_follows_a_growing_events_file_with_a_torn_last_line(runs_
         append(events, event_line(step_event("pretrain", 4, 100, 4.6)) + event_line(step_event("pretrain", 5, 100, 4.5)))
         append(events, torn[:25])  # the run is in the middle of writing step 6
         await until(pilot, lambda: monitor.primary.last_step.get("step") == 5, what="step 5")
-        await pilot.pause(0.2)  # several polls with the torn line present
+        polled = len(offsets)
+        await until(pilot, lambda: len(offsets) >= polled + 3, what="three more polls with the torn line present")
+        await pilot.pause()  # and what they posted
         snap = monitor.primary
         assert snap.n_events == 6 and snap.last_step["step"] == 5  # the torn line is neither lost nor half-parsed
         assert snap.offset == events.stat().st_size - 25

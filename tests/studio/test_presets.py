@@ -23,8 +23,8 @@ from studio.screens.prompt_modal import PromptModal
 from studio.screens.text_modal import TextModal
 from studio.widgets.presets.preset_editor import PresetEditor
 from studio.widgets.presets.presets_pane import PresetsPane
-from tests.studio.conftest import make_run
-from tests.studio.helpers import ready, settle, until
+from tests.support.fake_runs import make_run
+from tests.support.wait import ready, settle, until
 
 TINY = PROJECT_ROOT / "presets" / "tiny.toml"
 

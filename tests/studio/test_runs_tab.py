@@ -11,8 +11,8 @@ from studio import launcher
 from studio.app import StudioApp
 from studio.screens.confirm_modal import ConfirmModal
 from studio.widgets.runs.runs_pane import RunsPane
-from tests.studio.conftest import T0, make_run
-from tests.studio.helpers import ready, settle, until
+from tests.support.fake_runs import T0, make_run
+from tests.support.wait import ready, settle, until
 
 
 def cell(app: StudioApp, run_dir: Path, column: str) -> str:

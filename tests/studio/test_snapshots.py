@@ -18,7 +18,8 @@ pytest.importorskip("pytest_textual_snapshot")
 from textual.widgets import Input  # noqa: E402
 
 from studio.app import StudioApp  # noqa: E402
-from tests.studio.conftest import DEAD_PID, T0, make_run, step_event  # noqa: E402
+from tests.support.fake_runs import DEAD_PID, T0, make_run, step_event  # noqa: E402
+from tests.support.wait import ready, until  # noqa: E402
 
 
 def fake_runs(root: Path) -> Path:
@@ -50,13 +51,10 @@ def studio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StudioApp:
 
 
 async def settle(pilot) -> None:
-    for _ in range(100):
-        if len(pilot.app.query("Pane")) == 5:
-            break
-        await pilot.pause(0.02)
+    await ready(pilot)
     for widget in pilot.app.query(Input):
         widget.cursor_blink = False  # a blinking cursor makes snapshots flaky
-    await pilot.pause(0.3)
+    await pilot.pause()
 
 
 def snapshot_at(tab: str, follow: str | None = None):
@@ -64,10 +62,15 @@ def snapshot_at(tab: str, follow: str | None = None):
         await settle(pilot)
         if follow:
             from studio.messages import OpenRuns
+            from studio.widgets.monitor.monitor_pane import MonitorPane
 
-            pilot.app.post_message(OpenRuns([Path("runs", follow).resolve()]))
+            run_dir = Path("runs", follow).resolve()
+            monitor = pilot.app.query_one(MonitorPane)
+            pilot.app.post_message(OpenRuns([run_dir]))
+            await until(pilot, lambda: monitor.primary is not None and monitor.primary.run_dir == run_dir
+                        and monitor.primary.last_step.get("step") == 300, what=f"the monitor to load {follow}")
         pilot.app.action_show_tab(tab)
-        await pilot.pause(0.5)
+        await pilot.pause()
         await pilot.wait_for_scheduled_animations()
 
     return run_before
@@ -92,7 +95,9 @@ def test_presets_tab_with_an_invalid_edit(snap_compare, studio: StudioApp) -> No
         await settle(pilot)
         pilot.app.action_show_tab("presets")
         await pilot.pause()
-        await pilot.app.query_one("#preset-editor").set_field("seed", "forty-two")
-        await pilot.pause(0.3)
+        editor = pilot.app.query_one("#preset-editor")
+        await editor.set_field("seed", "forty-two")
+        await until(pilot, lambda: editor.rows["seed"].has_class("invalid"), what="the field marked invalid")
+        await pilot.pause()
 
     assert snap_compare(studio, terminal_size=(80, 24), run_before=run_before)

@@ -11,19 +11,17 @@ from engine.config import PROJECT_ROOT
 PROBE = r"""
 import asyncio, json, sys, tempfile
 from studio.app import StudioApp
+from tests.support.wait import ready, settle
 
 async def main():
     app = StudioApp(tempfile.mkdtemp(), offer_tiny=True)
     async with app.run_test(size=(100, 32)) as pilot:
-        while len(app.query("Pane")) < 5:   # every lazily mounted tab is up
-            await pilot.pause(0.01)
+        await ready(pilot)                   # every lazily mounted tab is up, its first scans done
         modal = type(app.screen).__name__
         await pilot.press("escape")          # "not now" to the tiny-preset offer
-        for key in "12345":                  # visiting each tab refreshes its lists
-            app.action_show_tab({"1": "presets", "2": "runs", "3": "monitor", "4": "data", "5": "chat"}[key])
-            await pilot.pause(0.05)
-        while not all(w.is_finished for w in app.workers if w.group != "monitor-follow"):
-            await pilot.pause(0.02)
+        for tab in ("presets", "runs", "monitor", "data", "chat"):  # visiting each tab refreshes its lists
+            app.action_show_tab(tab)
+            await settle(pilot)
     print(json.dumps({"modules": sorted(sys.modules), "modal": modal}))
 
 asyncio.run(main())

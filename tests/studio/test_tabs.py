@@ -9,8 +9,8 @@ from textual.widgets import DataTable, Input, OptionList, TabbedContent
 from studio.app import StudioApp
 from studio.commands import palette_entries
 from studio.widgets.monitor.monitor_pane import MonitorPane
-from tests.studio.conftest import make_run
-from tests.studio.helpers import ready
+from tests.support.fake_runs import make_run
+from tests.support.wait import ready
 
 
 async def test_number_keys_switch_tabs_and_move_focus(runs_dir: Path) -> None:

@@ -10,8 +10,8 @@ from studio.app import StudioApp
 from studio.messages import OpenRuns
 from studio.run_watch import RunSnapshot, RunWatch, WatchPool
 from studio.widgets.monitor.monitor_pane import MonitorPane
-from tests.studio.conftest import event_line, make_run, step_event
-from tests.studio.helpers import ready, until
+from tests.support.fake_runs import event_line, make_run, step_event
+from tests.support.wait import ready, spy_event_reads, until
 
 
 def long_run(runs_dir: Path, n: int, run_id: str = "20250101-000000-long") -> Path:
@@ -19,19 +19,6 @@ def long_run(runs_dir: Path, n: int, run_id: str = "20250101-000000-long") -> Pa
     with open(run_dir / "events.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(event_line(step_event("pretrain", s, n, 10.0 / s)) for s in range(1, n + 1))
     return run_dir
-
-
-def spy_offsets(monkeypatch) -> list[int]:
-    """Record the byte offset of every events.jsonl read the watches make."""
-    offsets: list[int] = []
-    real = run_watch.read_events
-
-    def spy(path: Path, offset: int = 0, max_bytes: int | None = None):
-        offsets.append(offset)
-        return real(path, offset, max_bytes)
-
-    monkeypatch.setattr(run_watch, "read_events", spy)
-    return offsets
 
 
 def load(watch: RunWatch) -> int:
@@ -46,7 +33,7 @@ def test_pool_reuses_a_watch_and_reports_once_to_its_new_follower(tmp_path: Path
     """Guards against re-reading a whole events file each time the monitor re-follows a run (opening it
     again from the Runs tab, adding or dropping an overlay: ~20 s for a million events), and against a
     reused watch of an unchanged run never reporting, which left the pane on "opening…" forever."""
-    offsets = spy_offsets(monkeypatch)
+    offsets = spy_event_reads(monkeypatch)
     run_dir = long_run(tmp_path, 2000)
     pool = WatchPool(keep=2)
     watch = pool.get(run_dir, with_log=True)
@@ -106,7 +93,7 @@ def test_two_followers_sharing_a_watch_fold_each_event_once_and_post_in_order(tm
 async def test_reopening_the_followed_run_does_not_read_it_again(runs_dir: Path, monkeypatch) -> None:
     """Guards against the monitor dropping what it has read when the same run is opened again from the
     Runs tab (OpenRuns), which re-read the whole file and blanked the charts meanwhile."""
-    offsets = spy_offsets(monkeypatch)
+    offsets = spy_event_reads(monkeypatch)
     run_dir = long_run(runs_dir, 500)
     app = StudioApp(runs_dir, offer_tiny=False, poll_s=0.05)
     async with app.run_test(size=(100, 32)) as pilot:
@@ -118,3 +105,7 @@ async def test_reopening_the_followed_run_does_not_read_it_again(runs_dir: Path,
         await until(pilot, lambda: monitor.updates > drawn and monitor.primary is not None, what="reopened")
         assert monitor.primary.n_events == 500 and offsets.count(0) == 1
         assert app.query_one("#loss-plot").lines[0].ys  # the chart is drawn again at once
+        # OpenRuns also switches to the monitor tab; let that settle before the app closes (a tab
+        # activation handled after the screens are gone raises ScreenStackError in on_tabbed_content_tab_activated).
+        await until(pilot, lambda: app.query_one("#tabs").active == "monitor", what="the monitor tab")
+        await pilot.pause()

@@ -1,0 +1,8 @@
+"""What the tests share, imported rather than copied; conftest.py files only turn these into fixtures.
+
+- corpus:     a small deterministic pretrain + SFT corpus
+- presets:    tiny presets (hidden 32, 2 layers) on that corpus, and the one trained run they share
+- fake_runs:  run directories and event lines written by hand, as the engine would leave them
+- wait:       waiting on a condition (never a fixed sleep): sync and Textual-pilot versions
+- stall_in_save: a run driver that stops inside a checkpoint write, for the kill -9 test
+"""
