@@ -8,7 +8,7 @@ a long-tailed pool and numbers redrawn, so BPE meets tens of thousands of distin
 the built-in corpus's 176. Then each phase runs in its own subprocess, so its peak RSS is its own:
 
   tokenizer       engine.tokenizer.train_tokenizer on the pretrain corpus (time, peak RSS)
-  cache pretrain  engine.data.build_token_cache, cold: MB/s of jsonl, tokens produced
+  cache pretrain  engine.token_cache.build_token_cache, cold: MB/s of jsonl, tokens produced
   cache sft       the same for the SFT corpus (chat template + loss mask per conversation)
   cache hit       both calls again in a fresh process, as epoch 2 or a later run would: nothing is tokenized
 
@@ -165,7 +165,7 @@ def phase_cache(work: Path, kind: str) -> dict:
     # transformers' first tokenizer load imports its lazy modules (~2 s here): a one-off cost per process,
     # kept out of the throughput and reported on its own.
     started = time.perf_counter()
-    from engine.data import build_token_cache
+    from engine.token_cache import build_token_cache
     from engine.tokenizer import load_tokenizer
 
     load_tokenizer(work / "tokenizer")
@@ -187,7 +187,7 @@ def phase_cache(work: Path, kind: str) -> dict:
 
 def phase_hit(work: Path) -> dict:
     """A later run in a new process: the cache is found by content hash; the time is mostly hashing the file."""
-    from engine.data import build_token_cache
+    from engine.token_cache import build_token_cache
 
     out = {}
     for kind in ("pretrain", "sft"):

@@ -84,7 +84,7 @@ def phase_build(work: Path, kind: str, workers: int, one_core: bool) -> dict:
     if one_core:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     started = time.perf_counter()
-    from engine.data import build_token_cache
+    from engine.token_cache import build_token_cache
     from engine.tokenizer import load_tokenizer
 
     load_tokenizer(work / "tokenizer")
@@ -161,7 +161,7 @@ def main() -> int:
                 r = rows[-1]
                 print(f"{kind} x{workers}{' (one core)' if one_core else ''}: {r['seconds']:.1f} s, "
                       f"{r['bytes'] / 1e6 / r['seconds']:.2f} MB/s", flush=True)
-        from engine.data import file_digest
+        from engine.token_cache import file_digest
 
         digests = {(r["kind"], file_digest(Path(r["tokens_bin"]))) for r in rows}
         identical = len(digests) == 2  # one token file per kind, whatever the workers

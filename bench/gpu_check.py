@@ -45,7 +45,7 @@ class Report:
 def device_section(report: Report) -> float:
     import torch
 
-    from engine.hardware import nvml_snapshot
+    from engine.readings import nvml_snapshot
 
     dev = torch.device("cuda")
     a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
@@ -72,7 +72,7 @@ def training_section(report: Report, peak: float, quick: bool) -> None:
     import torch
 
     from bench.train import run_worker
-    from engine.hardware import gpu_peak_tflops
+    from engine.peak import gpu_peak_tflops
 
     datasheet = gpu_peak_tflops(torch.cuda.get_device_name()) or peak
     schedule = (3, 3, 5) if quick else (3, 5, 10)

@@ -28,7 +28,7 @@ def main() -> int:
 
     from engine.checkpoint import save_checkpoint
     from engine.config import load_preset
-    from engine.events import EventLog
+    from engine.events import EventLog, StepEvent
     from engine.model import CausalLM
     from engine.pipeline import _status_listener
     from engine.runs import create_run
@@ -45,7 +45,7 @@ def main() -> int:
                  "rss_mb": 1234.5}
         start = time.perf_counter()
         for step in range(args.events):
-            log.emit("step", step=step, **event)
+            log.emit(StepEvent(step=step, **event))
         per_event_us = (time.perf_counter() - start) / args.events * 1e6
         log.close()
 

@@ -40,8 +40,8 @@ def profile(impl: str, shape: str, dtype: str) -> tuple[dict[str, float], float,
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from engine.attention import set_training_kernel
     from engine.config import load_preset
+    from engine.train_step import set_training_kernel
     from engine.tuning import TuningRecord
 
     preset_path, batch, seq = SHAPES[shape]

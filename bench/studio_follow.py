@@ -235,8 +235,8 @@ async def child(runs_dir: Path, lines: int, append: int, batches: int, poll_s: f
 
         # Appending while the studio follows: each batch is one write, then wait until it is drawn.
         run_dir = monitor.run_dirs[0]
-        writer = EventWriter(run_dir / "events.jsonl", monitor.primary.last_step["total_steps"], seed=seed + 1)
-        writer.step, writer.t = monitor.primary.last_step["step"], monitor.primary.last_step["t"]
+        writer = EventWriter(run_dir / "events.jsonl", monitor.primary.last_step.total_steps, seed=seed + 1)
+        writer.step, writer.t = monitor.primary.last_step.step, monitor.primary.last_step.t
         n_polls, n_redraws, n_renders = len(probe.polls), len(probe.redraws), len(probe.renders)
         latencies = []
         expected = lines

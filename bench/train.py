@@ -83,7 +83,7 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
     model.train()
     attention = None
     if impl == "engine":
-        from engine.attention import set_training_kernel
+        from engine.train_step import set_training_kernel
         from engine.tuning import TuningRecord
 
         model.model.activation_checkpointing = checkpointing
@@ -225,7 +225,7 @@ def main() -> int:
     import torch
 
     from engine.cpu import describe_cpu
-    from engine.hardware import probe_cpu_peak_tflops
+    from engine.peak import probe_cpu_peak_tflops
 
     dtypes = args.dtypes.split(",")
     # Probed before and after the runs; the higher counts (a busy moment only ever lowers a probe).

@@ -1,13 +1,15 @@
-"""Crash-safe file writes: write a temporary sibling, flush it to disk, then rename over the target.
+"""Crash-safe writes: write a temporary sibling, flush it to disk, then rename over the target.
 
-A reader (or a resumed run after kill -9) therefore sees either the old file or the new one, never a
-half-written one.
+A reader (or a resumed run after kill -9) therefore sees either the old file or folder or the new
+one, never a half-written one. Files go through `write_bytes_atomic`; folders (a checkpoint, a
+tokenizer, a token cache) are built in a temporary sibling and published with `publish_dir`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,39 @@ def point_symlink(link: Path, target_name: str) -> None:
     os.symlink(target_name, tmp)
     os.replace(tmp, link)
     fsync_dir(link.parent)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file under `path`, then the folder itself, to disk."""
+    for file in path.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(path)
+
+
+def publish_dir(tmp: Path, final: Path, *, keep_existing: bool = False) -> bool:
+    """Make the finished folder `tmp` appear as `final` in one rename, durably; True if it was published.
+
+    Its files are flushed first, so a crash right after the rename cannot expose empty files (a rename
+    can reach the disk before the data it names). An existing `final` is replaced: moved aside, then
+    deleted, so leftovers of the old folder never mix with the new one. With `keep_existing`, an
+    existing `final` wins instead (two processes building the same content) and `tmp` is removed.
+    """
+    tmp, final = Path(tmp), Path(final)
+    fsync_tree(tmp)
+    old = None
+    if final.exists() and not keep_existing:
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not keep_existing or not final.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process published the same folder first
+        return False
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return True

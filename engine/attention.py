@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +27,6 @@ from torch import Tensor
 
 from engine.flops import MATMUL_ATTENTION_MAX_BYTES, attention_probs_bytes
 from engine.tuning import TuningRecord
-
-if TYPE_CHECKING:
-    from engine.model import CausalLM
 
 
 def matmul_causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
@@ -123,15 +119,3 @@ def choose_kernel(device_type: str, shape: AttentionShape, record: TuningRecord)
     when = "measured now" if measured_now else "measured earlier on this machine"
     return kernel, (f"{when}: fwd+bwd per layer {1e3 * sdpa_s:.1f} ms SDPA vs {1e3 * matmul_s:.1f} ms matmul "
                     f"at {shape.batch}x{shape.seq}")
-
-
-def set_training_kernel(model: CausalLM, device_type: str, batch: int, seq: int, dtype: str,
-                        record: TuningRecord) -> tuple[str, str]:
-    """Choose the causal kernel for training `model` on batch x seq tokens and set it in every layer;
-    returns (kernel, reason). Training, calibration and the benchmarks all choose through here."""
-    c = model.config
-    shape = AttentionShape(batch, c.num_attention_heads, c.num_key_value_heads, seq, c.head_dim,
-                           c.num_hidden_layers, dtype, c.dropout)
-    kernel, reason = choose_kernel(device_type, shape, record)
-    model.set_attention_kernel(kernel)
-    return kernel, reason

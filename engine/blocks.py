@@ -13,8 +13,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from engine.data import IGNORE_INDEX, TokenCache
 from engine.errors import DataError
+from engine.token_cache import TokenCache
+
+# The target of a position that carries no loss (prompts, padding): torch's cross_entropy default, which
+# the engine's loss kernel (engine/kernels.py) honours too.
+IGNORE_INDEX = -100
 
 # --------------------------------------------------------------------------------------------
 # Fixed-shape blocks

@@ -24,8 +24,8 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from engine.data import Kind, ReadStats, parse_line
 from engine.errors import DataError
+from engine.jsonl import Kind, ReadStats, parse_line
 from engine.messages import RecordProblem
 from engine.sft_mask import SpanFinder, encode_with_masks, tokenizer_render
 
@@ -72,7 +72,7 @@ class RangeEncoder:
 
     def __init__(self, tokenizer: Any, kind: Kind, on_bad_line: Literal["error", "skip"], hint: str,
                  dtype: np.dtype, batch_size: int, data_path: Path) -> None:
-        """`hint` ends a bad line's message (engine.data.skip_hint of the preset field holding on_bad_line)."""
+        """`hint` ends a bad line's message (engine.jsonl.skip_hint of the preset field holding on_bad_line)."""
         self.tokenizer, self.kind, self.on_bad_line, self.dtype = tokenizer, kind, on_bad_line, dtype
         self.hint, self.batch_size, self.data_path = hint, batch_size, data_path
         self.finder = SpanFinder(tokenizer_render(tokenizer)) if kind == "sft" else None  # probes the template once

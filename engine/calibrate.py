@@ -75,7 +75,7 @@ def detect_target(preset: Preset, device: str | None = None, gpu_name: str | Non
         return Target("cuda", precision.dtype, gpu_mem_bytes or total, name, spec, spec.peak_tflops if spec else None)
     import psutil
 
-    from engine.hardware import cpu_peak_tflops
+    from engine.peak import cpu_peak_tflops
 
     peak = cpu_peak_tflops(precision.dtype, Path(preset.runtime.cache_dir))
     return Target("cpu", precision.dtype, psutil.virtual_memory().available,

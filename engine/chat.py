@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import Checkpoint, load_model_weights, resolve_checkpoint
+from engine.checkpoint import Checkpoint, load_model_weights
+from engine.checkpoint_lookup import resolve_checkpoint
 from engine.device import resolve_device
 from engine.generate import Sampling, generate, stream_text
 from engine.model import CausalLM

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.atomic import fsync_dir, point_symlink
-from engine.config import ModelConfig, output_path, resolve_path
+from engine.atomic import point_symlink, publish_dir
+from engine.config import ModelConfig
 from engine.errors import CheckpointError
-from engine.tokenizer import TOKENIZER_FILES
+from engine.tokenizer_files import copy_tokenizer
 
 FORMAT_VERSION = 1
 
@@ -56,14 +56,6 @@ class Checkpoint:
         # Our checkpoints keep it in tokenizer/; a Hugging Face directory keeps the files beside the weights.
         nested = self.path / "tokenizer"
         return nested if nested.is_dir() else self.path
-
-
-def _fsync_tree(path: Path) -> None:
-    for file in path.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    fsync_dir(path)
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -116,21 +108,10 @@ def save_checkpoint(
     save_file(trainer, str(tmp / "trainer.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
-    _fsync_tree(tmp)
-    if final.exists():  # the same step saved again (a stop right after a periodic save)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_dir(stage_dir)
+    publish_dir(tmp, final)  # replaces the same step saved before (a resume that re-saves it)
     point_symlink(stage_dir / "latest", final.name)
     prune_checkpoints(stage_dir, keep)
     return final
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
 
 
 def _remove_stale_temporaries(stage_dir: Path) -> None:
@@ -166,55 +147,6 @@ def latest_checkpoint(stage_dir: Path) -> Checkpoint | None:
         return read_checkpoint(link)
     done = list_checkpoints(stage_dir)
     return read_checkpoint(done[-1]) if done else None
-
-
-def resolve_checkpoint(spec: str, out_dir: str | Path = "runs", prefer: tuple[str, ...] = ("sft", "pretrain")) -> Checkpoint:
-    """A checkpoint from what a user types: a checkpoint dir, a stage dir, a run dir or a run id."""
-    from engine.export import is_hf_dir, read_hf_checkpoint
-
-    candidates = [resolve_path(spec), output_path(out_dir) / spec]
-    for path in candidates:
-        if (path / "state.json").is_file():
-            return read_checkpoint(path)
-        if is_hf_dir(path):
-            return read_hf_checkpoint(path)
-        if (path / "latest").exists() or list_checkpoints(path):
-            found = latest_checkpoint(path)
-            if found:
-                return found
-        for stage in prefer:
-            found = latest_checkpoint(path / "checkpoints" / stage)
-            if found:
-                return found
-    raise CheckpointError(
-        f"no checkpoint found at {spec!r}: give a checkpoint directory (runs/<id>/checkpoints/<stage>/latest), "
-        f"a run directory, a run id under {out_dir}, or an exported Hugging Face model directory"
-    )
-
-
-def newest_matching_checkpoint(out_dir: str | Path, stage: str, model: ModelConfig) -> Checkpoint:
-    """from_weight = 'latest': the newest complete `stage` checkpoint under out_dir with this architecture."""
-    found: list[Checkpoint] = []
-    for stage_dir in sorted(output_path(out_dir).glob(f"*/checkpoints/{stage}")):
-        ckpt = latest_checkpoint(stage_dir)
-        if ckpt and ckpt.model_config.architecture() == model.architecture():
-            found.append(ckpt)
-    if not found:
-        raise CheckpointError(
-            f"from_weight = 'latest' found no {stage} checkpoint under {out_dir} whose architecture matches the "
-            f"preset's [model]; run a pretrain first or set from_weight to a checkpoint path"
-        )
-    return max(found, key=lambda c: c.state.get("saved_at", 0))
-
-
-def check_architecture(ckpt: Checkpoint, model: ModelConfig, field: str) -> None:
-    theirs, ours = ckpt.model_config.architecture(), model.architecture()
-    diff = [f"{k}: checkpoint {theirs[k]} vs preset {ours.get(k)}" for k in theirs if theirs[k] != ours.get(k)]
-    if diff:
-        raise CheckpointError(
-            f"{field} = {str(ckpt.path)!r} has a different architecture ({'; '.join(diff)}). "
-            "Make the preset's [model] section match the checkpoint, or start from a matching checkpoint."
-        )
 
 
 def load_model_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from engine.checkpoint import Checkpoint, load_model_weights, restore_trainer_state, save_checkpoint
-from engine.events import EventLog
+from engine.events import CheckpointEvent, EventLog
 
 
 class Checkpointer:
@@ -46,6 +46,6 @@ class Checkpointer:
         path = save_checkpoint(self.stage_dir, model=self.model, optimizer=self.optimizer, state=state(),
                                tokenizer_dir=self.tokenizer_dir, keep=self.keep)
         self.last_path, self.last_step = path, step
-        self.log.emit("checkpoint", stage=self.stage, step=step, path=str(path),
-                      seconds=round(time.perf_counter() - started, 3))
+        self.log.emit(CheckpointEvent(stage=self.stage, step=step, path=str(path),
+                                      seconds=round(time.perf_counter() - started, 3)))
         return path

@@ -8,7 +8,6 @@ float16 with a GradScaler on older CUDA GPUs; float32 elsewhere.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -92,27 +91,3 @@ def resolve_precision(device_name: str, dtype: str) -> Precision:
         return Precision(device, dtype, "set in the preset")
     # MPS: bf16 autocast is patchy across macOS versions, float32 is the safe default.
     return Precision(device, "float32" if dtype == "auto" else dtype, "MPS default" if dtype == "auto" else "set in the preset")
-
-
-def memory_snapshot(device: torch.device) -> dict[str, float]:
-    """Memory figures in MiB: CUDA allocator figures on a GPU, process RSS elsewhere."""
-    if device.type == "cuda":
-        from engine.hardware import nvml_snapshot
-
-        mib = 1024 * 1024
-        return {
-            "mem_alloc_mb": torch.cuda.memory_allocated(device) / mib,
-            "mem_peak_mb": torch.cuda.max_memory_allocated(device) / mib,
-            "mem_reserved_mb": torch.cuda.memory_reserved(device) / mib,
-            **nvml_snapshot(device),
-        }
-    return {"rss_mb": process_rss_mb()}
-
-
-def process_rss_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.Process(os.getpid()).memory_info().rss / (1024 * 1024)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        return 0.0

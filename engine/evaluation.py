@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from engine.blocks import IGNORE_INDEX
 from engine.device import Precision
-from engine.events import EventLog
+from engine.events import EventLog, SampleEvent
 from engine.generate import Sampling, generate
-from engine.kernels import IGNORE_INDEX
 from engine.model import CausalLM
 from engine.stage_data import collate
 
@@ -40,6 +40,6 @@ def emit_sample(model: CausalLM, blocks, eval_idx, tokenizer, stage: str, step: 
     prompt = inputs[:cut].tolist()
     stops = {tokenizer.eos_token_id} if stage == "sft" else set()
     new = list(generate(model, prompt, Sampling(temperature=0.0, max_new_tokens=max_new_tokens), stops))
-    log.emit("sample", stage=stage, step=step, prompt=tokenizer.decode(prompt), text=tokenizer.decode(new))
+    log.emit(SampleEvent(stage=stage, step=step, prompt=tokenizer.decode(prompt), text=tokenizer.decode(new)))
 
 

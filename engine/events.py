@@ -1,8 +1,11 @@
 """The run's append-only event stream (events.jsonl) and its fan-out to listeners.
 
-Every line is one JSON object `{"v": 1, "t": <unix time>, "kind": ..., ...}`. Lines are written with
-a single `write` of a complete line and flushed, so a reader sees whole lines except, at worst, a torn
-last line while a write is in flight (readers skip a last line without a newline).
+Every line is one JSON object `{"v": 1, "t": <unix time>, "kind": ..., ...}`, the dump of one of the
+models below. Writers build the model (`log.emit(StepEvent(...))`) and readers get models back
+(`read_events`), so a renamed or misspelt field fails where it is written — in the tests that run the
+real loop — instead of silently emptying a cell in the studio. Lines are written with a single
+`write` of a complete line and flushed, so a reader sees whole lines except, at worst, a torn last
+line while a write is in flight (readers skip a last line without a newline).
 """
 
 from __future__ import annotations
@@ -10,40 +13,59 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Literal
+from typing import IO, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 EVENT_VERSION = 1
 
-Listener = Callable[[dict[str, Any]], None]
 
-
-# --------------------------------------------------------------------------------------------
-# The schema: one model per kind. Readers (studio, CLI, tests) validate with `parse_event`; the
-# writer does not, so a schema slip can never stop a training run.
+def _now() -> float:
+    return round(time.time(), 3)
 
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    v: Literal[1]
-    t: float
+    v: Literal[1] = EVENT_VERSION
+    t: float = Field(default_factory=_now)
     stage: str | None = None
 
 
 class StageStartEvent(_Event):
-    # Extra keys carry the stage's setup (data sizes, device, dtype, parameters); they vary by stage.
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["stage_start"]
+    """A stage began (or resumed). The tokenizer stage reports only the counters; training stages add
+    their setup and data."""
+
+    kind: Literal["stage_start"] = "stage_start"
     stage: str
     total_steps: int
     start_step: int
     resumed: bool
+    device: str | None = None
+    dtype: str | None = None
+    dtype_reason: str | None = None
+    params: int | None = None
+    active_params: int | None = None  # per token: differs from params for mixture-of-experts models
+    tokens_per_step: int | None = None
+    compile: bool | None = None  # compiled, or about to measure compiling ("trial")
+    compile_mode: Literal["eager", "compiled", "trial"] | None = None
+    compile_reason: str | None = None
+    attention: str | None = None  # the causal attention kernel ("sdpa" | "matmul")
+    attention_reason: str | None = None
+    peak_source: str | None = None  # where the MFU denominator came from
+    init_from: str | None = None  # the checkpoint the weights started from
+    data_path: str | None = None
+    n_docs: int | None = None
+    n_tokens: int | None = None
+    blocks: int | None = None  # training sequences of max_seq_len tokens
+    cache_seconds: float | None = None
+    from_cache: bool | None = None  # the token cache was reused, not built
+    padding_fraction: float | None = None  # SFT: share of positions that are padding
 
 
 class StepEvent(_Event):
-    kind: Literal["step"]
+    kind: Literal["step"] = "step"
     stage: str
     step: int
     total_steps: int
@@ -52,7 +74,7 @@ class StepEvent(_Event):
     grad_norm: float | None
     tokens_per_s: float
     samples_per_s: float
-    mfu: float | None = Field(default=None, ge=0.0, le=1.0)  # never above 100%: engine/hardware.MfuMeter
+    mfu: float | None = Field(default=None, ge=0.0, le=1.0)  # never above 100%: engine/peak.MfuMeter
     mfu_note: str | None = None  # why mfu is None ("peak unknown: ...")
     eta_s: float
     tokens_seen: int
@@ -66,7 +88,7 @@ class StepEvent(_Event):
 
 
 class EvalEvent(_Event):
-    kind: Literal["eval"]
+    kind: Literal["eval"] = "eval"
     stage: str
     step: int
     eval_loss: float | None = None
@@ -77,7 +99,7 @@ class EvalEvent(_Event):
 
 
 class CheckpointEvent(_Event):
-    kind: Literal["checkpoint"]
+    kind: Literal["checkpoint"] = "checkpoint"
     stage: str
     step: int
     path: str
@@ -85,7 +107,7 @@ class CheckpointEvent(_Event):
 
 
 class SampleEvent(_Event):
-    kind: Literal["sample"]
+    kind: Literal["sample"] = "sample"
     stage: str
     step: int
     prompt: str
@@ -93,14 +115,14 @@ class SampleEvent(_Event):
 
 
 class WarningEvent(_Event):
-    kind: Literal["warning"]
+    kind: Literal["warning"] = "warning"
     message: str
 
 
 class CacheProgressEvent(_Event):
     """How far the stage's token-cache build is (only while a data file is being tokenized)."""
 
-    kind: Literal["cache_progress"]
+    kind: Literal["cache_progress"] = "cache_progress"
     stage: str
     bytes_done: int
     bytes_total: int
@@ -109,43 +131,58 @@ class CacheProgressEvent(_Event):
 
 
 class NoteEvent(_Event):
-    """Something the run found out and acted on (e.g. what compiling measured); figures ride along."""
+    """Something the run found out and acted on (e.g. what compiling measured), with its figures."""
 
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["note"]
+    kind: Literal["note"] = "note"
     message: str
+    figures: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
 
 class ErrorEvent(_Event):
-    kind: Literal["error"]
+    kind: Literal["error"] = "error"
     message: str
     error_type: str
     traceback: str | None = None
 
 
 class StageEndEvent(_Event):
-    model_config = ConfigDict(extra="allow")  # the stage's report (e.g. the tokenizer's compression)
-    kind: Literal["stage_end"]
+    """A stage ended (finished or stopped). The tokenizer stage adds its report (engine/tokenizer.py)."""
+
+    kind: Literal["stage_end"] = "stage_end"
     stage: str
     state: str
     step: int
     total_steps: int
+    loss: float | None = None
+    eval_loss: float | None = None
+    seconds: float | None = None
+    tokens_seen: int | None = None
+    vocab_size: int | None = None
+    source: Literal["trained", "adopted"] | None = None
+    train_seconds: float | None = None
+    train_lines: int | None = None
+    train_chars: int | None = None
+    heldout_lines: int | None = None
+    heldout_chars: int | None = None
+    heldout_tokens: int | None = None
+    chars_per_token: float | None = None
+    skipped_lines: int | None = None
+    notes: list[str] | None = None
 
 
-EVENT_MODELS: dict[str, type[_Event]] = {
-    model.model_fields["kind"].annotation.__args__[0]: model  # type: ignore[union-attr]
-    for model in (StageStartEvent, StepEvent, EvalEvent, CheckpointEvent, SampleEvent, WarningEvent, NoteEvent,
-                  CacheProgressEvent, ErrorEvent, StageEndEvent)
-}
-EVENT_KINDS = tuple(EVENT_MODELS)
+Event = Annotated[
+    StageStartEvent | StepEvent | EvalEvent | CheckpointEvent | SampleEvent | WarningEvent | NoteEvent | CacheProgressEvent | ErrorEvent | StageEndEvent,
+    Field(discriminator="kind"),
+]
+_EVENT = TypeAdapter(Event)
+EVENT_KINDS = tuple(model.model_fields["kind"].default for model in _Event.__subclasses__())
+
+Listener = Callable[[Event], None]
 
 
-def parse_event(event: dict[str, Any]) -> _Event:
-    """Validate one event dict against its kind's model (pydantic ValidationError if it does not fit)."""
-    model = EVENT_MODELS.get(event.get("kind", ""))
-    if model is None:
-        raise ValueError(f"unknown event kind {event.get('kind')!r}")
-    return model.model_validate(event)
+def parse_event(event: dict[str, Any]) -> Event:
+    """The model of one event dict (pydantic's ValidationError when it does not fit its kind's schema)."""
+    return _EVENT.validate_python(event)
 
 
 def _clean(value: Any) -> Any:
@@ -153,6 +190,13 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def event_json(event: Event) -> str:
+    """One events.jsonl line (without the newline). Unset optional fields are left out to keep lines short."""
+    fields = event.model_dump(mode="python", exclude_unset=True)
+    fields = {"v": event.v, "t": event.t, "kind": event.kind, **fields}
+    return json.dumps({key: _clean(value) for key, value in fields.items()}, ensure_ascii=False)
 
 
 class EventLog:
@@ -163,13 +207,9 @@ class EventLog:
         self.listeners = list(listeners or [])
         self._handle = open(path, "a", encoding="utf-8") if path else None
 
-    def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
-        if kind not in EVENT_KINDS:
-            raise ValueError(f"unknown event kind {kind!r}")
-        event = {"v": EVENT_VERSION, "t": round(time.time(), 3), "kind": kind}
-        event.update({key: _clean(value) for key, value in fields.items()})
+    def emit(self, event: Event) -> Event:
         if self._handle:
-            self._handle.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self._handle.write(event_json(event) + "\n")
             self._handle.flush()
         for listener in self.listeners:
             listener(event)
@@ -181,41 +221,45 @@ class EventLog:
             self._handle = None
 
 
-def mfu_text(step: dict[str, Any]) -> str:
-    """A step event's MFU for people: '41.3%', 'peak unknown' (the reason is in mfu_note), or '-'."""
-    if step.get("mfu") is not None:
-        return f"{step['mfu']:.1%}"
-    return "peak unknown" if step.get("mfu_note") else "-"
+def mfu_text(step: StepEvent | None) -> str:
+    """A step's MFU for people: '41.3%', 'peak unknown' (the reason is in mfu_note), or '-'."""
+    if step is None:
+        return "-"
+    if step.mfu is not None:
+        return f"{step.mfu:.1%}"
+    return "peak unknown" if step.mfu_note else "-"
 
 
-def format_event(event: dict[str, Any]) -> str | None:
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_event(event: Event) -> str | None:
     """One human line for an event (train.log of a detached run), or None for events not worth a line."""
-    clock = time.strftime("%H:%M:%S", time.localtime(event["t"]))
-    kind, stage = event["kind"], event.get("stage", "")
-
-    def num(key: str, spec: str) -> str:
-        value = event.get(key)
-        return "-" if value is None else format(value, spec)
-
-    if kind == "step":
-        return (f"{clock} {stage} step {event['step']}/{event['total_steps']} loss {num('loss', '.4f')} "
-                f"lr {num('lr', '.2e')} {num('tokens_per_s', ',.0f')} tok/s mfu {mfu_text(event)} eta {num('eta_s', '.0f')}s")
-    if kind == "eval":
-        fields = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
-                          if k.startswith(("eval_", "heldout_")) and k != "heldout_path")
-        return f"{clock} {stage} step {event['step']} eval: {fields}"
-    if kind == "checkpoint":
-        return f"{clock} {stage} checkpoint step {event['step']} -> {event['path']} ({num('seconds', '.2f')}s)"
-    if kind in ("stage_start", "stage_end"):
-        detail = f"{event.get('state')}" if kind == "stage_end" else f"{event.get('total_steps')} steps"
-        return f"{clock} {stage} {kind.replace('_', ' ')}: {detail}"
-    if kind in ("warning", "error", "note"):
-        return f"{clock} {kind}: {event.get('message')}"
+    clock = time.strftime("%H:%M:%S", time.localtime(event.t))
+    stage = event.stage or ""
+    if isinstance(event, StepEvent):
+        return (f"{clock} {stage} step {event.step}/{event.total_steps} loss {_num(event.loss, '.4f')} "
+                f"lr {_num(event.lr, '.2e')} {_num(event.tokens_per_s, ',.0f')} tok/s mfu {mfu_text(event)} "
+                f"eta {_num(event.eta_s, '.0f')}s")
+    if isinstance(event, EvalEvent):
+        values = event.model_dump(include={"eval_loss", "heldout_accuracy", "heldout_correct", "heldout_total"},
+                                  exclude_none=True)
+        fields = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        return f"{clock} {stage} step {event.step} eval: {fields}"
+    if isinstance(event, CheckpointEvent):
+        return f"{clock} {stage} checkpoint step {event.step} -> {event.path} ({_num(event.seconds, '.2f')}s)"
+    if isinstance(event, StageStartEvent):
+        return f"{clock} {stage} stage start: {event.total_steps} steps"
+    if isinstance(event, StageEndEvent):
+        return f"{clock} {stage} stage end: {event.state}"
+    if isinstance(event, (WarningEvent, ErrorEvent, NoteEvent)):
+        return f"{clock} {event.kind}: {event.message}"
     return None
 
 
 def plain_log_listener(stream: IO[str]) -> Listener:
-    def on_event(event: dict[str, Any]) -> None:
+    def on_event(event: Event) -> None:
         line = format_event(event)
         if line:
             try:
@@ -227,13 +271,15 @@ def plain_log_listener(stream: IO[str]) -> Listener:
     return on_event
 
 
-def read_events(path: Path, offset: int = 0, max_bytes: int | None = None) -> tuple[list[dict[str, Any]], int]:
+def read_events(path: Path, offset: int = 0, max_bytes: int | None = None) -> tuple[list[Event], int]:
     """Complete events from byte `offset` on, and the offset to continue from (a torn last line waits).
 
     max_bytes bounds one read (a watcher opened on a week-long run must not load the whole file at
-    once); a single line longer than that is still read to its end.
+    once); a single line longer than that is still read to its end. A line that is not an event of
+    this schema (mangled by a crash mid-write, or written by a newer version) is skipped: a reader
+    must keep following the run.
     """
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
@@ -252,11 +298,11 @@ def read_events(path: Path, offset: int = 0, max_bytes: int | None = None) -> tu
     for raw in data[:end].splitlines():
         if raw.strip():
             try:
-                events.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue  # a line mangled by a crash mid-write; the next lines are still good
+                events.append(_EVENT.validate_json(raw))
+            except ValidationError:
+                continue
     return events, offset + end
 
 
-def iter_events(path: Path) -> Iterator[dict[str, Any]]:
+def iter_events(path: Path) -> Iterator[Event]:
     yield from read_events(path)[0]

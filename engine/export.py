@@ -18,9 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import write_json_atomic
-from engine.checkpoint import Checkpoint, copy_tokenizer
+from engine.checkpoint import Checkpoint
 from engine.config import ModelConfig
 from engine.errors import CheckpointError
+from engine.tokenizer_files import copy_tokenizer
 
 EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100  # target value of positions that carry no loss (prompts, padding)
+from engine.blocks import IGNORE_INDEX
 
 
 def compute_dtype(device_type: str, fallback: torch.dtype) -> torch.dtype:

@@ -11,7 +11,7 @@ specs as `tools=` of apply_chat_template, the calls as a list on the message. A 
 tool's result. An assistant turn that only calls tools may have empty (or null) content.
 
 Checked by hand rather than with pydantic: this runs on every line of multi-GB files, and each problem must
-name the message index and the key, in the located "file:line: ..." errors of engine.data.
+name the message index and the key, in the located "file:line: ..." errors of engine.jsonl.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from torch.utils.checkpoint import checkpoint
 from engine.attention import CAUSAL_KERNELS
 from engine.config import ModelConfig
 from engine.flops import count_parameters, flops_per_token, loss_chunk_rows
-from engine.kernels import IGNORE_INDEX, linear_cross_entropy, rms_norm, swiglu_down
+from engine.kernels import linear_cross_entropy, rms_norm, swiglu_down
 
-__all__ = ["IGNORE_INDEX", "CausalLM", "KVCache", "ModelOutput", "count_parameters", "flops_per_token", "rotary_tables"]
+__all__ = ["CausalLM", "KVCache", "ModelOutput", "count_parameters", "flops_per_token", "rotary_tables"]
 
 
 @dataclass
@@ -283,7 +283,7 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False) -> ModelOutput:
-        """input_ids (B, T). targets (B, T) with -100 for positions without loss: returns loss, no
+        """input_ids (B, T). targets (B, T) with IGNORE_INDEX (engine.blocks) for positions without loss: returns loss, no
         logits. Without targets: logits (B, T, vocab), or (B, 1, vocab) for the last position only."""
         hidden, aux_loss = self.model(input_ids, cache)  # (B, T, C)
         if targets is None:

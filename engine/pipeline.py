@@ -16,17 +16,21 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.atomic import write_json_atomic
-from engine.checkpoint import (
-    Checkpoint,
-    check_architecture,
-    copy_tokenizer,
-    latest_checkpoint,
-    newest_matching_checkpoint,
-    resolve_checkpoint,
-)
+from engine.checkpoint import Checkpoint, latest_checkpoint
+from engine.checkpoint_lookup import check_architecture, newest_matching_checkpoint, resolve_checkpoint
 from engine.config import Preset, StageName, load_preset, resolve_path
 from engine.errors import EngineError, PresetError
-from engine.events import EventLog, Listener
+from engine.events import (
+    ErrorEvent,
+    EvalEvent,
+    Event,
+    EventLog,
+    Listener,
+    StageEndEvent,
+    StageStartEvent,
+    StepEvent,
+    WarningEvent,
+)
 from engine.run_state import RunState
 from engine.runs import (
     Heartbeat,
@@ -36,6 +40,7 @@ from engine.runs import (
     stop_requested,
     write_status,
 )
+from engine.tokenizer_files import copy_tokenizer
 from engine.tracking import SwanlabTracker
 
 # How often step events refresh status.json (each refresh is an fsync'd file replace).
@@ -88,16 +93,16 @@ class _StopFlag:
 def _status_listener(run_dir: Path) -> Listener:
     last = [0.0]
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["kind"] == "step" and time.time() - last[0] >= STATUS_REFRESH_S:
+    def on_event(event: Event) -> None:
+        if isinstance(event, StepEvent) and time.time() - last[0] >= STATUS_REFRESH_S:
             last[0] = time.time()
-            write_status(run_dir, step=event["step"], total_steps=event["total_steps"], loss=event["loss"],
-                         tokens_per_s=event.get("tokens_per_s"), eta_s=event.get("eta_s"))
-        elif event["kind"] == "stage_start":
-            write_status(run_dir, stage=event["stage"], step=event["start_step"], total_steps=event["total_steps"])
-        elif event["kind"] == "stage_end":
-            write_status(run_dir, step=event["step"], total_steps=event["total_steps"],
-                         **({"loss": event["loss"]} if event.get("loss") is not None else {}))
+            write_status(run_dir, step=event.step, total_steps=event.total_steps, loss=event.loss,
+                         tokens_per_s=event.tokens_per_s, eta_s=event.eta_s)
+        elif isinstance(event, StageStartEvent):
+            write_status(run_dir, stage=event.stage, step=event.start_step, total_steps=event.total_steps)
+        elif isinstance(event, StageEndEvent):
+            write_status(run_dir, step=event.step, total_steps=event.total_steps,
+                         **({"loss": event.loss} if event.loss is not None else {}))
 
     return on_event
 
@@ -110,7 +115,7 @@ def prepare_tokenizer(preset: Preset, run_dir: Path, log: EventLog, resume: bool
     if resume and (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file():
         return None
     cfg = preset.tokenizer
-    log.emit("stage_start", stage="tokenizer", total_steps=1, start_step=0, resumed=False)
+    log.emit(StageStartEvent(stage="tokenizer", total_steps=1, start_step=0, resumed=False))
     write_status(run_dir, stage="tokenizer", step=0, total_steps=1)
     if cfg.from_dir:
         report = adopt_tokenizer(Path(cfg.from_dir), out, heldout_path=Path(cfg.data_path), heldout_lines=cfg.heldout_lines)
@@ -120,7 +125,7 @@ def prepare_tokenizer(preset: Preset, run_dir: Path, log: EventLog, resume: bool
             max_train_chars=cfg.max_train_chars, model_max_length=cfg.model_max_length, on_bad_line=cfg.on_bad_line,
         )
     summary = report.to_dict()
-    log.emit("stage_end", stage="tokenizer", state=RunState.FINISHED, step=1, total_steps=1, **summary)
+    log.emit(StageEndEvent(stage="tokenizer", state=RunState.FINISHED, step=1, total_steps=1, **summary))
     return summary
 
 
@@ -155,7 +160,7 @@ def preflight(preset: Preset, source: str) -> None:
         # Adopting opens only the folder (tokenizer.data_path, when there, just measures chars/token);
         # training opens tokenizer.data_path.
         if preset.tokenizer.from_dir:
-            from engine.tokenizer import TOKENIZER_FILES
+            from engine.tokenizer_files import TOKENIZER_FILES
 
             folder = resolve_path(preset.tokenizer.from_dir)
             if not any((folder / name).is_file() for name in TOKENIZER_FILES):
@@ -185,8 +190,8 @@ def check_vocab(preset: Preset, tokenizer_dir: Path, log: EventLog) -> None:
             f"set model.vocab_size = {size} (or train a tokenizer of that size)"
         )
     if size < preset.model.vocab_size:
-        log.emit("warning", message=f"tokenizer has {size} tokens, model.vocab_size is {preset.model.vocab_size}: "
-                                    f"{preset.model.vocab_size - size} embedding rows stay unused")
+        log.emit(WarningEvent(message=f"tokenizer has {size} tokens, model.vocab_size is {preset.model.vocab_size}: "
+                                         f"{preset.model.vocab_size - size} embedding rows stay unused"))
 
 
 def run_pipeline(
@@ -238,7 +243,7 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
     except Exception as error:  # noqa: BLE001 - every failure is recorded in the run dir, then re-raised
         message = failure_message(error, run_dir)
         result.state, result.error = RunState.FAILED, message
-        log.emit("error", message=message, error_type=type(error).__name__, traceback=traceback.format_exc())
+        log.emit(ErrorEvent(message=message, error_type=type(error).__name__, traceback=traceback.format_exc()))
         write_status(run_dir, state=RunState.FAILED, exit_reason=message)
         if tracker:
             tracker.close(RunState.FAILED, message)
@@ -273,8 +278,8 @@ def score_heldout(stage: StageName, preset: Preset, run_dir: Path, outcome: Any,
     session = ChatSession(read_checkpoint(outcome.checkpoint), device=preset.runtime.device)
     report = exact_match(session, items)
     write_json_atomic(run_dir / f"heldout_{stage}.json", report)
-    log.emit("eval", stage=stage, step=outcome.step, heldout_accuracy=report["accuracy"],
-             heldout_correct=report["correct"], heldout_total=report["total"], heldout_path=str(path))
+    log.emit(EvalEvent(stage=stage, step=outcome.step, heldout_accuracy=report["accuracy"],
+                       heldout_correct=report["correct"], heldout_total=report["total"], heldout_path=str(path)))
     return {k: report[k] for k in ("accuracy", "correct", "total", "by_kind")}
 
 

@@ -16,8 +16,8 @@ import torch
 
 from engine.blocks import EpochSampler, PretrainBlocks, SFTBlocks
 from engine.config import Preset, StageName
-from engine.data import build_token_cache
-from engine.events import EventLog
+from engine.events import CacheProgressEvent, EventLog, WarningEvent
+from engine.token_cache import build_token_cache
 from engine.train_step import Batch
 
 
@@ -35,7 +35,7 @@ def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: Even
     meta = dict(cache.meta)
     skipped = meta.get("stats", {}).get("skipped", 0)
     if skipped:
-        log.emit("warning", stage=stage, message=f"skipped {skipped} malformed line(s) of {cfg.data_path}")
+        log.emit(WarningEvent(stage=stage, message=f"skipped {skipped} malformed line(s) of {cfg.data_path}"))
     blocks = PretrainBlocks(cache, cfg.max_seq_len) if kind == "pretrain" else SFTBlocks(cache, cfg.max_seq_len)
     info = {
         "data_path": cfg.data_path,
@@ -65,8 +65,8 @@ class CacheProgress:
             return
         self.last = now
         rate = done / max(now - self.started, 1e-9)
-        self.log.emit("cache_progress", stage=self.stage, bytes_done=done, bytes_total=total,
-                      mb_per_s=rate / 1e6, eta_s=(total - done) / rate if rate > 0 else None)
+        self.log.emit(CacheProgressEvent(stage=self.stage, bytes_done=done, bytes_total=total, mb_per_s=rate / 1e6,
+                                         eta_s=(total - done) / rate if rate > 0 else None))
 
 
 def collate(batch: list[Batch]) -> Batch:

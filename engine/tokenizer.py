@@ -19,18 +19,14 @@ from typing import Any, Iterator, Literal
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from engine.atomic import fsync_dir, write_json_atomic, write_text_atomic
-from engine.data import ReadStats, iter_jsonl
+from engine.atomic import publish_dir, write_json_atomic, write_text_atomic
 from engine.errors import CheckpointError, DataError, PresetError
+from engine.jsonl import ReadStats, iter_jsonl
 from engine.sft_mask import tokenizer_render
+from engine.tokenizer_files import TOKENIZER_FILES, copy_tokenizer
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2, in this order
 UNK, BOS, EOS = SPECIAL_TOKENS
-# Files that make up a tokenizer; adopting copies only these (a model folder's weights stay behind).
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
-)
 _FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
@@ -156,16 +152,6 @@ def _measure(tokenizer: Any, path: Path, start_line: int | None, report: Tokeniz
         report.chars_per_token = round(report.heldout_chars / report.heldout_tokens, 4)
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by the finished tmp folder; leftovers of an older tokenizer never mix with the new one."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    fsync_dir(out_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _fresh_tmp(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -230,7 +216,7 @@ def train_tokenizer(
     tmp = _fresh_tmp(out_dir)
     write_text_atomic(tmp / "tokenizer.json", tok.to_str())
     write_json_atomic(tmp / "tokenizer_config.json", tokenizer_config(model_max_length))
-    _publish(tmp, out_dir)
+    publish_dir(tmp, out_dir)
     loaded = load_tokenizer(out_dir)  # proves the saved directory is what transformers will see
     report.vocab_size = len(loaded)
     _measure(loaded, data_path, start_line, report)
@@ -246,13 +232,11 @@ def adopt_tokenizer(
     tokenizer.data_path) when that file is there; otherwise the report says it was skipped.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
-    present = [name for name in TOKENIZER_FILES if (src_dir / name).is_file()]
-    if not present:
-        raise PresetError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); point tokenizer.from_dir "
-                         "at a tokenizer directory")
     tmp = _fresh_tmp(out_dir)
-    for name in present:
-        shutil.copyfile(src_dir / name, tmp / name)
+    if not copy_tokenizer(src_dir, tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PresetError(f"{src_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); point tokenizer.from_dir "
+                          "at a tokenizer directory")
     report = TokenizerReport(vocab_size=0, source="adopted")
     tok = load_tokenizer(tmp)
     if not (tmp / "tokenizer.json").exists():  # slow-only folder: keep the converted fast tokenizer
@@ -264,7 +248,7 @@ def adopt_tokenizer(
         config["chat_template"] = chat_template_for(tok.bos_token or BOS, tok.eos_token or EOS)
         write_json_atomic(config_path, config)
         report.notes.append(f"the tokenizer had no chat_template; wrote ours on {tok.bos_token or BOS}...{tok.eos_token or EOS}")
-    _publish(tmp, out_dir)
+    publish_dir(tmp, out_dir)
     loaded = load_tokenizer(out_dir)
     report.vocab_size = len(loaded)
     if heldout_path is None or not Path(heldout_path).is_file():

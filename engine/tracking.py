@@ -27,39 +27,40 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any
 
 from engine.atomic import write_json_atomic
 from engine.config import Preset
-from engine.events import EventLog
+from engine.events import EvalEvent, Event, EventLog, StepEvent, WarningEvent
 
 TRACKING_FILE = "tracking.json"
 INIT_TIMEOUT_S = 20.0  # longer than swanlab's own login retries (~15 s) so their error is what we report
 FINISH_TIMEOUT_S = 60.0  # cloud finish waits for pending uploads; a dead network must not hang the exit
 
 # Numeric step fields that are bookkeeping, not curves worth plotting.
-_STEP_SKIP = frozenset({"v", "t", "step", "total_steps", "eta_s", "start_step"})
+_STEP_SKIP = {"v", "t", "kind", "stage", "step", "total_steps", "eta_s"}
 _EVAL_FIELDS = ("eval_loss", "heldout_accuracy")
 # Our pipeline states -> swanlab finish states.
 _FINISH_STATE = {"finished": "success", "stopped": "aborted", "failed": "crashed"}
 
 
-def event_metrics(event: dict[str, Any]) -> dict[str, float]:
+def event_metrics(event: Event) -> dict[str, float]:
     """The `<stage>/<name>` scalars a step or eval event contributes (empty for every other kind)."""
-    kind = event.get("kind")
-    if kind == "step":
-        names = [key for key in event if key not in _STEP_SKIP]
-    elif kind == "eval":
-        names = [key for key in _EVAL_FIELDS if key in event]
+    if isinstance(event, StepEvent):
+        values = event.model_dump(exclude=_STEP_SKIP)
+    elif isinstance(event, EvalEvent):
+        values = event.model_dump(include=set(_EVAL_FIELDS))
     else:
         return {}
-    stage = event.get("stage") or "train"
+    stage = event.stage or "train"
     return {
-        f"{stage}/{key}": float(event[key])
-        # bool is an int subclass, and None is how the event log writes NaN/inf: neither is a point.
-        for key in names if isinstance(event[key], (int, float)) and not isinstance(event[key], bool)
+        f"{stage}/{key}": float(value)
+        # bool is an int subclass; None is a reading the run did not have, and NaN/inf are not points.
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     }
 
 
@@ -151,13 +152,13 @@ class SwanlabTracker:
     def active(self) -> bool:
         return self._run is not None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         if self._run is None:
             return
         try:
             metrics = event_metrics(event)
             if metrics:
-                step = event.get("step")
+                step = getattr(event, "step", None)
                 self._run.log(metrics, step=step if isinstance(step, int) and step >= 0 else None)
         except Exception as error:  # noqa: BLE001 - a tracker failure must never stop training
             run, self._run = self._run, None  # off first: the warning below comes back through this listener
@@ -195,4 +196,4 @@ def _finish_quietly(run: Any) -> None:
 
 def _warn(log: EventLog, message: str) -> None:
     with contextlib.suppress(Exception):  # a broken event sink must not turn a warning into a crash
-        log.emit("warning", message=message)
+        log.emit(WarningEvent(message=message))

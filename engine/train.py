@@ -24,12 +24,13 @@ from engine.checkpoint import Checkpoint, latest_checkpoint, load_model_weights
 from engine.checkpointer import Checkpointer
 from engine.compile_policy import EAGER_CPU_MFU, Mode, decide
 from engine.config import Preset, StageName, TrainStage
-from engine.device import memory_snapshot, resolve_precision
+from engine.device import resolve_precision
 from engine.errors import DataError, TrainingError
 from engine.evaluation import emit_sample, evaluate
-from engine.events import EventLog
-from engine.hardware import MfuMeter, Peak, peak_flops
+from engine.events import EvalEvent, EventLog, NoteEvent, StageEndEvent, StageStartEvent, StepEvent, WarningEvent
 from engine.model import CausalLM, count_parameters, flops_per_token
+from engine.peak import MfuMeter, Peak, peak_flops
+from engine.readings import memory_snapshot
 from engine.stage_data import batch_stream, make_blocks, sampler_state
 from engine.tokenizer import load_tokenizer
 from engine.train_step import build_step, lr_at, train_step
@@ -154,8 +155,8 @@ def train_stage(
     setup = build_step(
         preset, cfg, precision, record, model=model,
         mode=compile_decider(preset, precision.device.type, record, remaining, eager_estimate, compile_reasons),
-        note=lambda message, figures: log.emit("note", stage=stage, message=message, **figures),
-        warn=lambda message: log.emit("warning", stage=stage, message=message))
+        note=lambda message, figures: log.emit(NoteEvent(stage=stage, message=message, figures=figures)),
+        warn=lambda message: log.emit(WarningEvent(stage=stage, message=message)))
     checkpointer = Checkpointer(stage, stage_dir, model=model, optimizer=setup.optimizer, tokenizer_dir=tokenizer_dir,
                                 save_interval=cfg.save_interval, keep=cfg.keep_checkpoints, log=log)
     if resumed_from is not None:
@@ -166,15 +167,15 @@ def train_stage(
     batches = batch_stream(blocks, sampler, num_workers=preset.runtime.num_workers,
                            pin=precision.device.type == "cuda", seed=preset.seed)
     total_params, active_params = count_parameters(preset.model)
-    log.emit(
-        "stage_start", stage=stage, total_steps=total_steps, start_step=progress.step, resumed=resumed_from is not None,
+    log.emit(StageStartEvent(
+        stage=stage, total_steps=total_steps, start_step=progress.step, resumed=resumed_from is not None,
         device=str(precision.device), dtype=precision.dtype, dtype_reason=precision.why,
         params=total_params, active_params=active_params, tokens_per_step=tokens_per_step,
         compile=setup.forward.is_compiled or setup.forward.trial,
         compile_mode="trial" if setup.forward.trial else ("compiled" if setup.forward.is_compiled else "eager"),
         compile_reason=compile_reasons[0], attention=setup.attention, attention_reason=setup.attention_reason,
         peak_source=peak.source, init_from=str(init_from.path) if init_from else None, **data_info,
-    )
+    ))
 
     def checkpoint_state() -> dict[str, Any]:
         return {
@@ -204,7 +205,7 @@ def train_stage(
         if last_step or (cfg.eval_interval and progress.step % cfg.eval_interval == 0):
             progress.eval_loss = evaluate(model, blocks, eval_idx, cfg.batch_size, cfg.eval_max_batches, precision)
             if progress.eval_loss is not None:
-                log.emit("eval", stage=stage, step=progress.step, eval_loss=progress.eval_loss)
+                log.emit(EvalEvent(stage=stage, step=progress.step, eval_loss=progress.eval_loss))
             emit_sample(model, blocks, eval_idx, tokenizer, stage, progress.step, log)
             window.restart_clock()
         stopping = should_stop()
@@ -215,8 +216,8 @@ def train_stage(
             break
 
     seconds = time.perf_counter() - started
-    log.emit("stage_end", stage=stage, state=outcome, step=progress.step, total_steps=total_steps, loss=progress.loss,
-             eval_loss=progress.eval_loss, seconds=round(seconds, 3), tokens_seen=progress.tokens_seen)
+    log.emit(StageEndEvent(stage=stage, state=outcome, step=progress.step, total_steps=total_steps, loss=progress.loss,
+             eval_loss=progress.eval_loss, seconds=round(seconds, 3), tokens_seen=progress.tokens_seen))
     return StageResult(stage, outcome, progress.step, total_steps, progress.loss, progress.eval_loss,
                        checkpointer.last_path, seconds, progress.tokens_seen, extra=data_info)
 
@@ -229,7 +230,7 @@ class StepReporter:
                  peak: Peak, batches_per_epoch: int, log: EventLog) -> None:
         self.stage, self.cfg, self.total_steps, self.log = stage, cfg, total_steps, log
         self.tokens_per_step, self.flops_per_token, self.batches_per_epoch = tokens_per_step, flops_per_token, batches_per_epoch
-        self.mfu = MfuMeter(peak, warn=lambda message: log.emit("warning", stage=stage, message=message))
+        self.mfu = MfuMeter(peak, warn=lambda message: log.emit(WarningEvent(stage=stage, message=message)))
 
     def __call__(self, progress: Progress, window: LogWindow, lr: float, grad_norm: torch.Tensor | None,
                  device: torch.device) -> None:
@@ -241,11 +242,11 @@ class StepReporter:
                 f"Lower {self.stage}.learning_rate, raise warmup_iters, keep grad_clip on, or check the data."
             )
         tokens_per_s = steps * self.tokens_per_step / seconds
-        self.log.emit(
-            "step", stage=self.stage, step=progress.step, total_steps=self.total_steps, loss=loss, lr=lr,
+        self.log.emit(StepEvent(
+            stage=self.stage, step=progress.step, total_steps=self.total_steps, loss=loss, lr=lr,
             grad_norm=float(grad_norm) if grad_norm is not None else None, tokens_per_s=tokens_per_s,
             samples_per_s=steps * self.cfg.batch_size * self.cfg.accumulation_steps / seconds,
             mfu=self.mfu(self.flops_per_token * tokens_per_s), mfu_note=self.mfu.note,
             eta_s=(self.total_steps - progress.step) * seconds / steps, tokens_seen=progress.tokens_seen,
             epoch=progress.consumed / self.batches_per_epoch, **memory_snapshot(device),
-        )
+        ))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.attention import set_training_kernel
+from engine.attention import AttentionShape, choose_kernel
 from engine.compile_policy import CompiledForward, Mode, compile_key
 from engine.config import Preset, TrainStage
 from engine.device import Precision
@@ -46,6 +46,18 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainStage, device: torch.devic
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
+
+
+def set_training_kernel(model: CausalLM, device_type: str, batch: int, seq: int, dtype: str,
+                        record: TuningRecord) -> tuple[str, str]:
+    """Choose the causal kernel for training `model` on batch x seq tokens and set it in every layer;
+    returns (kernel, reason). Training, calibration and the benchmarks all choose through here."""
+    c = model.config
+    shape = AttentionShape(batch, c.num_attention_heads, c.num_key_value_heads, seq, c.head_dim,
+                           c.num_hidden_layers, dtype, c.dropout)
+    kernel, reason = choose_kernel(device_type, shape, record)
+    model.set_attention_kernel(kernel)
+    return kernel, reason
 
 
 @dataclass

@@ -112,6 +112,9 @@ class StudioApp(App[None]):
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         # A click on a tab leaves the focus on the tab bar: move it into the pane. Focus already inside
         # the pane (keys, palette) is left alone; focusing also activates a pane, so must not ping-pong.
+        # A tab activated while the app shuts down has no screen left to ask for the focus.
+        if not self.screen_stack:
+            return
         if event.pane.id and (self.focused is None or isinstance(self.focused, Tabs)):
             self.call_after_refresh(self._focus_pane, event.pane.id)
 

@@ -151,7 +151,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.checkpoint import resolve_checkpoint
+    from engine.checkpoint_lookup import resolve_checkpoint
     from studio import exporter
 
     dtype = exporter.check_dtype(args.format, args.dtype)

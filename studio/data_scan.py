@@ -58,7 +58,7 @@ def detect_kind(path: Path) -> str:
 
 
 def scan_file(path: Path, kind: str | None = None, keep: int = BROWSE_RECORDS) -> DataReport:
-    from engine.data import ReadStats, iter_jsonl
+    from engine.jsonl import ReadStats, iter_jsonl
 
     path = Path(path)
     kind = kind or detect_kind(path)
@@ -116,7 +116,7 @@ def token_lengths(tokenizer: Any, records: list[dict[str, Any]], kind: str) -> l
 def length_stats(path: Path, kind: str, tokenizer: Any, tokenizer_dir: Path, max_seq_len: int,
                  limit: int = TOKENIZE_RECORDS) -> LengthStats:
     """Token lengths of the first `limit` records under `tokenizer` (loaded from tokenizer_dir)."""
-    from engine.data import iter_jsonl
+    from engine.jsonl import iter_jsonl
 
     records = []
     for _, record in iter_jsonl(path, kind, on_bad_line="skip"):  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from engine.events import format_event, mfu_text, read_events
+from engine.events import EvalEvent, StepEvent, format_event, mfu_text, read_events
 from engine.runs import effective_state, read_status
 from studio.display import num, state_style, state_text, text_or_missing
 
@@ -55,23 +55,23 @@ class RunFollower:
     def __init__(self, run_dir: Path, history: int = 2000) -> None:
         self.run_dir = run_dir
         self.offset = 0
-        self.last_step: dict[str, Any] = {}
+        self.last_step: StepEvent | None = None
         self.losses: deque[float] = deque(maxlen=history)
         self.lines: deque[str] = deque(maxlen=8)
-        self.eval: dict[str, Any] = {}
+        self.eval: EvalEvent | None = None
 
     def poll(self) -> None:
         events, self.offset = read_events(self.run_dir / "events.jsonl", self.offset)
         for event in events:
-            if event["kind"] == "step":
-                if event.get("stage") != self.last_step.get("stage"):
+            if isinstance(event, StepEvent):
+                if self.last_step is None or event.stage != self.last_step.stage:
                     self.losses.clear()
                 self.last_step = event
-                if event.get("loss") is not None:
-                    self.losses.append(event["loss"])
-            elif event["kind"] == "eval":
+                if event.loss is not None:
+                    self.losses.append(event.loss)
+            elif isinstance(event, EvalEvent):
                 self.eval = event
-            if event["kind"] != "step":
+            if not isinstance(event, StepEvent):
                 line = format_event(event)
                 if line:
                     self.lines.append(line)
@@ -85,15 +85,14 @@ class RunFollower:
         head.add_row(Text(self.run_dir.name, style="bold"), state_text(state),
                      f"stage {text_or_missing(status.get('stage'))}", f"step {step}/{status.get('total_steps', 0)}")
 
-        def fmt(key: str, spec: str, source: dict[str, Any] = s) -> str:
-            return num(source.get(key), spec)
-
-        memory = f"rss {fmt('rss_mb', ',.0f')} MiB" if "rss_mb" in s else (
-            f"alloc {fmt('mem_alloc_mb', ',.0f')} / peak {fmt('mem_peak_mb', ',.0f')} / reserved {fmt('mem_reserved_mb', ',.0f')} MiB")
+        memory = f"rss {num(s and s.rss_mb, ',.0f')} MiB" if s is None or s.rss_mb is not None else (
+            f"alloc {num(s.mem_alloc_mb, ',.0f')} / peak {num(s.mem_peak_mb, ',.0f')} / "
+            f"reserved {num(s.mem_reserved_mb, ',.0f')} MiB")
         metrics = Text("   ".join([
-            f"loss {fmt('loss', '.4f')}", f"eval {fmt('eval_loss', '.4f', self.eval)}", f"lr {fmt('lr', '.2e')}",
-            f"grad {fmt('grad_norm', '.3f')}", f"{fmt('tokens_per_s', ',.0f')} tok/s", f"mfu {mfu_text(s)}",
-            memory, f"eta {fmt('eta_s', ',.0f')}s"]))
+            f"loss {num(s and s.loss, '.4f')}", f"eval {num(self.eval and self.eval.eval_loss, '.4f')}",
+            f"lr {num(s and s.lr, '.2e')}", f"grad {num(s and s.grad_norm, '.3f')}",
+            f"{num(s and s.tokens_per_s, ',.0f')} tok/s", f"mfu {mfu_text(s)}", memory,
+            f"eta {num(s and s.eta_s, ',.0f')}s"]))
         bar = Table.grid(expand=True)
         bar.add_row(ProgressBar(total=total, completed=min(step, total)))
         parts: list[Any] = [head, bar, metrics,

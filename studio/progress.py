@@ -16,6 +16,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from engine.events import (
+    CacheProgressEvent,
+    EvalEvent,
+    Event,
+    NoteEvent,
+    StageEndEvent,
+    StageStartEvent,
+    StepEvent,
+    WarningEvent,
+)
 from studio.display import MISSING, num
 
 
@@ -44,48 +54,43 @@ class RunProgress:
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind, stage = event["kind"], event.get("stage", "")
-        if kind == "stage_start":
+    def __call__(self, event: Event) -> None:
+        stage = event.stage or ""
+        if isinstance(event, StageStartEvent):
             if stage != "tokenizer":
                 self.console.print(
-                    f"[bold]{stage}[/]: {event.get('n_docs', '?')} records, {event.get('n_tokens', 0):,} tokens -> "
-                    f"{event.get('blocks', '?')} sequences; {event.get('params', 0) / 1e6:.2f}M params on "
-                    f"{event.get('device')} ({event.get('dtype')}: {event.get('dtype_reason')})"
+                    f"[bold]{stage}[/]: {num(event.n_docs, ',')} records, {num(event.n_tokens, ',')} tokens -> "
+                    f"{num(event.blocks, ',')} sequences; {num((event.params or 0) / 1e6, '.2f')}M params on "
+                    f"{event.device} ({event.dtype}: {event.dtype_reason})"
                 )
-            self.tasks[stage] = self.progress.add_task(
-                stage, total=event["total_steps"], completed=event.get("start_step", 0), metrics=""
-            )
-        elif kind == "step" and stage in self.tasks:
-            metrics = (
-                f"loss {num(event.get('loss'), '.4f')}  lr {num(event.get('lr'), '.2e')}  "
-                f"{num(event.get('tokens_per_s'), ',.0f')} tok/s"
-            )
-            self.progress.update(self.tasks[stage], completed=event["step"], metrics=metrics)
-        elif kind == "eval" and event.get("heldout_total"):
-            self.console.print(f"  {stage} step {event['step']}: held-out exact match {event['heldout_accuracy']:.1%} "
-                               f"({event['heldout_correct']}/{event['heldout_total']})")
-        elif kind == "eval":
-            self.console.print(f"  {stage} step {event['step']}: eval loss {num(event.get('eval_loss'), '.4f')}")
-        elif kind == "stage_end" and stage in self.tasks:
-            self.progress.update(self.tasks[stage], completed=event["step"])
+            self.tasks[stage] = self.progress.add_task(stage, total=event.total_steps, completed=event.start_step,
+                                                       metrics="")
+        elif isinstance(event, StepEvent) and stage in self.tasks:
+            metrics = f"loss {num(event.loss, '.4f')}  lr {num(event.lr, '.2e')}  {num(event.tokens_per_s, ',.0f')} tok/s"
+            self.progress.update(self.tasks[stage], completed=event.step, metrics=metrics)
+        elif isinstance(event, EvalEvent) and event.heldout_total:
+            self.console.print(f"  {stage} step {event.step}: held-out exact match {num(event.heldout_accuracy, '.1%')} "
+                               f"({event.heldout_correct}/{event.heldout_total})")
+        elif isinstance(event, EvalEvent):
+            self.console.print(f"  {stage} step {event.step}: eval loss {num(event.eval_loss, '.4f')}")
+        elif isinstance(event, StageEndEvent) and stage in self.tasks:
+            self.progress.update(self.tasks[stage], completed=event.step)
             if stage == "tokenizer":
                 self.console.print(
-                    f"tokenizer: vocab {event.get('vocab_size')}, {num(event.get('chars_per_token'), '.2f')} chars/token "
-                    f"on held-out text, {num(event.get('train_seconds'), '.1f')} s"
+                    f"tokenizer: vocab {event.vocab_size}, {num(event.chars_per_token, '.2f')} chars/token "
+                    f"on held-out text, {num(event.train_seconds, '.1f')} s"
                 )
-        elif kind == "cache_progress":
+        elif isinstance(event, CacheProgressEvent):
             # Tokenizing a big file into the cache takes minutes before the first step: its own bar, in MB.
             key = f"{stage} data"
             if key not in self.tasks:
-                self.tasks[key] = self.progress.add_task(key, total=max(1, round(event["bytes_total"] / 1e6)),
-                                                         metrics="")
-            self.progress.update(self.tasks[key], completed=event["bytes_done"] / 1e6,
-                                 metrics=f"tokenizing {event['mb_per_s']:.1f} MB/s (MB)")
-        elif kind == "warning":
-            self.console.print(f"[yellow]warning:[/] {event.get('message')}")
-        elif kind == "note":
-            self.console.print(f"  {stage}: {event.get('message')}")
+                self.tasks[key] = self.progress.add_task(key, total=max(1, round(event.bytes_total / 1e6)), metrics="")
+            self.progress.update(self.tasks[key], completed=event.bytes_done / 1e6,
+                                 metrics=f"tokenizing {event.mb_per_s:.1f} MB/s (MB)")
+        elif isinstance(event, WarningEvent):
+            self.console.print(f"[yellow]warning:[/] {event.message}")
+        elif isinstance(event, NoteEvent):
+            self.console.print(f"  {stage}: {event.message}")
 
 
 def summary_table(result: Any) -> Table:

@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.events import format_event, read_events
+from engine.events import (
+    CacheProgressEvent,
+    EvalEvent,
+    Event,
+    SampleEvent,
+    StageEndEvent,
+    StageStartEvent,
+    StepEvent,
+    format_event,
+    read_events,
+)
 from engine.run_state import RunState
 from engine.runs import effective_state, read_status
 from studio.logs_view import tail_lines
@@ -53,7 +63,7 @@ class StageView:
     total_steps: int
     eta_s: float | None
     series: dict[str, Points]
-    cache: dict[str, Any] | None = None  # the last cache_progress event while the stage's data is tokenized
+    cache: CacheProgressEvent | None = None  # the last cache_progress while the stage's data is tokenized
 
     @property
     def fraction(self) -> float:
@@ -68,9 +78,9 @@ class RunSnapshot:
     status: dict[str, Any]
     stage: str | None  # the stage running now (or the last one that ran)
     stages: tuple[StageView, ...]
-    last_step: dict[str, Any]
-    last_eval: dict[str, Any]
-    setup: dict[str, Any]
+    last_step: StepEvent | None  # the newest step event
+    last_eval: EvalEvent | None  # the newest eval of the current stage (loss and held-out merged)
+    setup: StageStartEvent | None  # how the current stage started (device, dtype, ...)
     events: tuple[str, ...]
     log_tail: tuple[str, ...]
     n_events: int
@@ -93,7 +103,7 @@ class _Stage:
     eta_s: float | None = None
     ema: Ema = field(default_factory=Ema)
     series: dict[str, Series] = field(default_factory=lambda: {m: Series() for m in METRICS})
-    cache: dict[str, Any] | None = None
+    cache: CacheProgressEvent | None = None
 
     def rewind(self, step: int) -> None:
         """A resumed stage replays steps after its checkpoint: drop the points it will log again."""
@@ -115,9 +125,9 @@ class RunWatch:
         self.stage_order, self.preset = self._read_preset()
         self.stages: dict[str, _Stage] = {name: _Stage(name) for name in self.stage_order}
         self.current: str | None = None
-        self.last_step: dict[str, Any] = {}
-        self.last_eval: dict[str, Any] = {}
-        self.setup: dict[str, dict[str, Any]] = {}  # device, dtype, params from each stage_start
+        self.last_step: StepEvent | None = None
+        self.last_eval: EvalEvent | None = None
+        self.setup: dict[str, StageStartEvent] = {}  # each stage's start: device, dtype, params
         self.lines: deque[str] = deque(maxlen=EVENT_LINES)
         self.status: dict[str, Any] = {}
         self.state = RunState.UNKNOWN
@@ -205,64 +215,59 @@ class RunWatch:
         self.log_tail = tuple(tail_lines(path, LOG_LINES))
         return True
 
-    def apply(self, event: dict[str, Any]) -> None:
+    def apply(self, event: Event) -> None:
         """Fold one event into the state (pure bookkeeping; tests feed events directly)."""
         self.n_events += 1
-        kind, name = event.get("kind"), event.get("stage")
-        stage = self._stage(name) if name else None
-        if kind == "step" and stage is not None:
+        stage = self._stage(event.stage) if event.stage else None
+        if isinstance(event, StepEvent) and stage is not None:
             self._apply_step(stage, event)
             return
-        if kind == "cache_progress" and stage is not None:
+        if isinstance(event, CacheProgressEvent) and stage is not None:
             # Tokenizing the stage's data comes before its stage_start: show it, then forget it at the start.
-            stage.cache = event if event.get("bytes_done", 0) < event.get("bytes_total", 0) else None
+            stage.cache = event if event.bytes_done < event.bytes_total else None
             self.current = stage.name
             return
-        if kind == "stage_start" and stage is not None:
+        if isinstance(event, StageStartEvent) and stage is not None:
             stage.cache = None
-            if stage.step > event.get("start_step", 0):
-                stage.rewind(event.get("start_step", 0))
-            stage.state, stage.step = RunState.RUNNING, event.get("start_step", 0)
-            stage.total_steps = event.get("total_steps", 0)
+            if stage.step > event.start_step:
+                stage.rewind(event.start_step)
+            stage.state, stage.step, stage.total_steps = RunState.RUNNING, event.start_step, event.total_steps
             self.current = stage.name
-            self.setup[stage.name] = {k: event.get(k) for k in ("device", "dtype", "params") if event.get(k) is not None}
-        elif kind == "stage_end" and stage is not None:
-            stage.state, stage.step = RunState.parse(event.get("state", RunState.FINISHED)), event.get("step", stage.step)
-            stage.total_steps = event.get("total_steps", stage.total_steps)
+            self.setup[stage.name] = event
+        elif isinstance(event, StageEndEvent) and stage is not None:
+            stage.state, stage.step = RunState.parse(event.state), event.step
+            stage.total_steps = event.total_steps
             stage.eta_s = 0.0 if stage.state == RunState.FINISHED else stage.eta_s
-        elif kind == "eval" and stage is not None:
-            stage.series["eval_loss"].add(event.get("step", 0), event.get("eval_loss"))
+        elif isinstance(event, EvalEvent) and stage is not None:
+            stage.series["eval_loss"].add(event.step, event.eval_loss)
             # Merge: a held-out accuracy event must not hide the eval loss reported just before it.
-            same_stage = self.last_eval.get("stage") == event.get("stage")
-            self.last_eval = {**(self.last_eval if same_stage else {}), **{k: v for k, v in event.items() if v is not None}}
+            last = self.last_eval
+            if last is not None and last.stage == event.stage:
+                event = last.model_copy(update=event.model_dump(exclude_none=True))
+            self.last_eval = event
         line = self._line(event)
         if line:
             self.lines.append(line)
 
-    def _apply_step(self, stage: _Stage, event: dict[str, Any]) -> None:
-        step = event.get("step", 0)
+    def _apply_step(self, stage: _Stage, event: StepEvent) -> None:
         if self.current != stage.name:
             self.current = stage.name
         stage.state = RunState.RUNNING if stage.state == RunState.PENDING else stage.state
-        stage.step, stage.total_steps = step, event.get("total_steps", stage.total_steps)
-        stage.eta_s = event.get("eta_s")
-        loss = event.get("loss")
-        stage.series["loss"].add(step, loss)
-        stage.series["loss_ema"].add(step, stage.ema.update(loss))
-        for metric in ("lr", "tokens_per_s", "mfu"):
-            stage.series[metric].add(step, event.get(metric))
+        stage.step, stage.total_steps = event.step, event.total_steps
+        stage.eta_s = event.eta_s
+        stage.series["loss"].add(event.step, event.loss)
+        stage.series["loss_ema"].add(event.step, stage.ema.update(event.loss))
+        for metric, value in (("lr", event.lr), ("tokens_per_s", event.tokens_per_s), ("mfu", event.mfu)):
+            stage.series[metric].add(event.step, value)
         self.last_step = event
 
     @staticmethod
-    def _line(event: dict[str, Any]) -> str | None:
-        if event.get("kind") == "sample":
-            clock = time.strftime("%H:%M:%S", time.localtime(event.get("t", 0)))
-            text = f"{event.get('prompt', '')!r} → {event.get('text', '')!r}"
-            return f"{clock} {event.get('stage')} sample at step {event.get('step')}: {text[:160]}"
-        try:
-            return format_event(event)
-        except (KeyError, TypeError, ValueError):
-            return None  # an event of a newer schema: skip its line rather than stop following
+    def _line(event: Event) -> str | None:
+        if isinstance(event, SampleEvent):
+            clock = time.strftime("%H:%M:%S", time.localtime(event.t))
+            text = f"{event.prompt!r} → {event.text!r}"
+            return f"{clock} {event.stage} sample at step {event.step}: {text[:160]}"
+        return format_event(event)
 
     def snapshot(self) -> RunSnapshot:
         with self.lock:  # a follower thread may be folding events into the same watch
@@ -273,8 +278,8 @@ class RunWatch:
             run_dir=self.run_dir, preset=self.status.get("preset") or self.preset, state=self.state,
             status=dict(self.status), stage=self.current or self.status.get("stage"),
             stages=tuple(self.stages[name].view() for name in self.stage_order),
-            last_step=dict(self.last_step), last_eval=dict(self.last_eval),
-            setup=dict(self.setup.get(self.current or "", {})), events=tuple(self.lines),
+            last_step=self.last_step, last_eval=self.last_eval,
+            setup=self.setup.get(self.current or ""), events=tuple(self.lines),
             log_tail=self.log_tail, n_events=self.n_events, offset=self.offset,
         )
 

@@ -28,5 +28,5 @@ def test_tiny_preset_trains_all_stages_and_answers_heldout_questions(tmp_path: P
     wrong = [r for r in report["results"] if not r["ok"]][:10]
     assert report["total"] >= 100 and report["accuracy"] >= 0.8, wrong
 
-    sft_losses = [e["loss"] for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step" and e["stage"] == "sft"]
+    sft_losses = [e.loss for e in iter_events(run_dir / "events.jsonl") if e.kind == "step" and e.stage == "sft"]
     assert sft_losses[-1] < 0.25 * sft_losses[0], sft_losses

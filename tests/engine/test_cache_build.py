@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.cache_build import default_workers, line_ranges
-from engine.data import build_token_cache
 from engine.errors import DataError
+from engine.token_cache import build_token_cache
 from engine.tokenizer import train_tokenizer
 from tests.engine.chat_fixtures import (
     RECORDS,

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import engine.tokenizer as tokenizer_module
 from engine.blocks import (
+    IGNORE_INDEX,
     EpochSampler,
     PretrainBlocks,
     SFTBlocks,
@@ -20,14 +21,9 @@ from engine.blocks import (
     pack_sequential,
     split_indices,
 )
-from engine.data import (
-    IGNORE_INDEX,
-    ReadStats,
-    TokenCache,
-    build_token_cache,
-    iter_jsonl,
-)
 from engine.errors import DataError
+from engine.jsonl import ReadStats, iter_jsonl
+from engine.token_cache import TokenCache, build_token_cache
 from engine.tokenizer import load_tokenizer, train_tokenizer
 
 WORDS = "the model learns 我们 喜欢 机器 学习 to predict next token 你好 世界 quickly".split()

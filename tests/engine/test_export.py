@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.chat import ChatSession, load_model
-from engine.checkpoint import resolve_checkpoint
+from engine.checkpoint_lookup import resolve_checkpoint
 from engine.config import ModelConfig
 from engine.export import ExportError, export_hf
 

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from engine.chat import load_model
-from engine.checkpoint import Checkpoint, read_checkpoint, resolve_checkpoint
+from engine.checkpoint import Checkpoint, read_checkpoint
+from engine.checkpoint_lookup import resolve_checkpoint
 from engine.config import ModelConfig
 from engine.export import ExportError, export_hf
 from engine.gguf_export import GGUF_DTYPES, export_gguf, storage_type

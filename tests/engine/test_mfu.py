@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine import hardware
+from engine import peak
 from engine.cpu import (
     CpuInfo,
     describe_cpu,
@@ -15,7 +15,7 @@ from engine.cpu import (
     parse_cpuinfo,
 )
 from engine.events import mfu_text, parse_event
-from engine.hardware import MfuMeter, Peak
+from engine.peak import MfuMeter, Peak
 from engine.pipeline import run_pipeline
 from engine.runs import create_run
 
@@ -43,10 +43,10 @@ def test_the_probe_keeps_the_best_timing(monkeypatch, tmp_path):
     """Guards against one busy moment setting the peak: the best of several timings counts, and a
     re-probe can only raise the recorded peak."""
     timings = iter([0.2, 0.9, 0.5, 0.4, 0.3, 0.1] + [0.7] * 6)
-    monkeypatch.setattr(hardware, "measure_matmul_tflops", lambda dtype, size, seconds: next(timings))
-    assert hardware.cpu_peak_tflops("bfloat16", tmp_path) == 0.9
-    assert hardware.cpu_peak_tflops("bfloat16", tmp_path) == 0.9  # from the record: no probe
-    assert hardware.cpu_peak_tflops("bfloat16", tmp_path, refresh=True) == 0.9  # 0.7 is lower: kept 0.9
+    monkeypatch.setattr(peak, "measure_matmul_tflops", lambda dtype, size, seconds: next(timings))
+    assert peak.cpu_peak_tflops("bfloat16", tmp_path) == 0.9
+    assert peak.cpu_peak_tflops("bfloat16", tmp_path) == 0.9  # from the record: no probe
+    assert peak.cpu_peak_tflops("bfloat16", tmp_path, refresh=True) == 0.9  # 0.7 is lower: kept 0.9
 
 
 def test_mfu_is_never_above_one_and_says_why_when_the_peak_is_wrong():
@@ -68,7 +68,7 @@ def test_a_run_with_an_under_reading_probe_never_reports_more_than_100_percent(m
     """Guards the real loop and the studio's cell: with a simulated probe far below the machine's
     real speed every step event carries mfu None, the reason, and validates against the schema
     (which rejects mfu > 1); the monitor shows 'peak unknown'."""
-    monkeypatch.setattr(hardware, "probe_cpu_peak_tflops", lambda dtype: 1e-9)
+    monkeypatch.setattr(peak, "probe_cpu_peak_tflops", lambda dtype: 1e-9)
     preset = make_preset(stages=["tokenizer", "pretrain"], pretrain={"max_steps": 4})
     run_dir = create_run(preset)
     run_pipeline(run_dir)
@@ -77,7 +77,7 @@ def test_a_run_with_an_under_reading_probe_never_reports_more_than_100_percent(m
     assert steps and all(e["mfu"] is None and e["mfu_note"].startswith("peak unknown") for e in steps)
     for event in events:
         parse_event(event)
-    assert mfu_text(steps[-1]) == "peak unknown"
+    assert mfu_text(parse_event(steps[-1])) == "peak unknown"
     assert sum("peak unknown" in e.get("message", "") for e in events if e["kind"] == "warning") == 1
     start = next(e for e in events if e["kind"] == "stage_start" and e["stage"] == "pretrain")
     assert start["peak_source"].startswith("probed float32 matmul peak")
@@ -93,4 +93,4 @@ def test_the_schema_rejects_mfu_above_one():
     parse_event({**step, "mfu": 0.4})
     with pytest.raises(ValidationError):
         parse_event({**step, "mfu": 1.15})
-    assert mfu_text({**step, "mfu": 0.4}) == "40.0%" and mfu_text(step) == "-"
+    assert mfu_text(parse_event({**step, "mfu": 0.4})) == "40.0%" and mfu_text(parse_event(step)) == "-"

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config import PresetError
-from engine.data import build_token_cache
+from engine.errors import PresetError
 from engine.events import iter_events
 from engine.pipeline import preflight, run_pipeline
 from engine.runs import create_run
+from engine.token_cache import build_token_cache
 from engine.tokenizer import adopt_tokenizer, load_tokenizer
 from tests.engine.chat_fixtures import RECORDS, make_minimind_style_dir, write_jsonl
 from tests.support.presets import preset_factory
@@ -31,7 +31,7 @@ def _train(corpus, root: Path, sft_path: Path, **sections):
 
 def _check_sft_learned_tool_turns(preset, run_dir: Path, result) -> None:
     assert result.state == "finished"
-    losses = [e["loss"] for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step" and e["stage"] == "sft"]
+    losses = [e.loss for e in iter_events(run_dir / "events.jsonl") if e.kind == "step" and e.stage == "sft"]
     assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)
     cache = build_token_cache(preset.sft.data_path, run_dir / "tokenizer", "sft", preset.runtime.cache_dir)
     assert cache.from_cache and cache.n_docs == len(RECORDS) * 6 and not cache.meta["stats"]["skipped"]
@@ -57,9 +57,9 @@ def test_tool_conversations_train_with_an_adopted_minimind_tokenizer(corpus, tmp
     preset, run_dir, result = _train(corpus, tmp_path, _write(tmp_path), model={"vocab_size": 416},
                                      tokenizer={"from_dir": str(model_dir), "data_path": str(missing)})
     _check_sft_learned_tool_turns(preset, run_dir, result)
-    end = next(e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "stage_end" and e["stage"] == "tokenizer")
-    assert end["source"] == "adopted" and end["chars_per_token"] == 0
-    assert any("chars/token not measured" in note and str(missing) in note for note in end["notes"])
+    end = next(e for e in iter_events(run_dir / "events.jsonl") if e.kind == "stage_end" and e.stage == "tokenizer")
+    assert end.source == "adopted" and end.chars_per_token == 0
+    assert any("chars/token not measured" in note and str(missing) in note for note in end.notes)
 
 
 def test_adoption_measures_chars_per_token_when_the_file_is_there(tmp_path) -> None:

@@ -39,7 +39,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step"}
+    return {e.step: e.loss for e in iter_events(run_dir / "events.jsonl") if e.kind == "step"}
 
 
 def save_long_preset(make_preset, path: Path, max_steps: int) -> Path:
@@ -110,11 +110,11 @@ def test_reader_waits_for_a_torn_last_line(tmp_path: Path) -> None:
     full = [json.dumps({"v": 1, "t": 1.0, "kind": "warning", "message": f"m{i}"}) for i in range(3)]
     path.write_text(full[0] + "\n" + full[1] + "\n" + full[2][:10])
     events, offset = read_events(path)
-    assert [e["message"] for e in events] == ["m0", "m1"]
+    assert [e.message for e in events] == ["m0", "m1"]
     with open(path, "a") as handle:
         handle.write(full[2][10:] + "\n")
     events, offset = read_events(path, offset)
-    assert [e["message"] for e in events] == ["m2"] and offset == path.stat().st_size
+    assert [e.message for e in events] == ["m2"] and offset == path.stat().st_size
 
 
 def test_a_locked_run_cannot_be_resumed_twice(make_preset) -> None:
@@ -134,7 +134,9 @@ def test_detached_run_outlives_the_shell_that_started_it(make_preset, tmp_path: 
     assert shell.returncode == 0, shell.stderr
     run_dir = Path(preset.out_dir) / shell.stdout.strip().splitlines()[-1]
     assert read_status(run_dir).get("state") != "finished"  # the shell is gone, the run is not done yet
-    wait_until(lambda: read_status(run_dir).get("state") == "finished", what="the detached run to finish")
+    # status.json says finished a moment before the process prints its last line: wait for that line.
+    wait_until(lambda: read_status(run_dir).get("state") == "finished"
+               and "run finished" in (run_dir / "train.log").read_text(), what="the detached run to finish")
     status = read_status(run_dir)
     assert status["step"] == 60 and os.getsid(0) != status.get("pid")
     log = (run_dir / "train.log").read_text()
@@ -156,8 +158,8 @@ def test_stop_checkpoints_and_resume_finishes(long_preset: Path, make_preset) ->
     assert done.returncode == 0, done.stderr
     status = read_status(run_dir)
     assert status["state"] == "finished" and status["step"] == 400
-    starts = [e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "stage_start" and e["stage"] == "pretrain"]
-    assert [s["start_step"] for s in starts] == [0, stopped_at]
+    starts = [e for e in iter_events(run_dir / "events.jsonl") if e.kind == "stage_start" and e.stage == "pretrain"]
+    assert [s.start_step for s in starts] == [0, stopped_at]
 
 
 def live_past(run_dir: Path, step: int, not_pid: int | None = None) -> dict | None:
@@ -221,7 +223,7 @@ def test_kill_9_mid_run_and_mid_checkpoint_write_leaves_a_resumable_run_with_the
     wait_until(lambda: read_status(run_dir).get("state") == "finished", timeout=300, what="the resumed run to finish")
     assert not torn.exists()  # the next save cleared the torn temporary
 
-    seen = [(e["step"], e["loss"]) for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step"]
+    seen = [(e.step, e.loss) for e in iter_events(run_dir / "events.jsonl") if e.kind == "step"]
     assert {step for step, _ in seen} == set(expected)
     assert all(loss == expected[step] for step, loss in seen)  # re-done steps too: bit-for-bit on the CPU
     assert find_run(run_dir.name, out_dir) == run_dir

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.data import build_token_cache
 from engine.messages import parse_conversation
 from engine.sft_mask import (
     SpanFinder,
@@ -15,6 +14,7 @@ from engine.sft_mask import (
     template_render,
     tokenizer_render,
 )
+from engine.token_cache import build_token_cache
 from engine.tokenizer import BOS, EOS, load_tokenizer, train_tokenizer
 from tests.engine.chat_fixtures import (
     RECORDS,

@@ -19,7 +19,19 @@ import pytest
 
 from engine import tracking
 from engine.config import Preset, preset_from_dict
-from engine.events import EventLog, iter_events, parse_event
+from engine.events import (
+    CheckpointEvent,
+    EvalEvent,
+    Event,
+    EventLog,
+    SampleEvent,
+    StageEndEvent,
+    StageStartEvent,
+    StepEvent,
+    WarningEvent,
+    iter_events,
+    parse_event,
+)
 from engine.tracking import SwanlabTracker, event_metrics
 from tests.support.fake_runs import step_fields
 from tests.support.wait import wait_until
@@ -85,17 +97,22 @@ def run_script(body: str, tmp_path: Path, stdin: Any, timeout: float = 60) -> su
 
 
 def test_event_metrics_prefixes_stage_and_skips_non_numbers() -> None:
-    """Guards against logging bookkeeping (step, eta), None (the log's NaN) or bools as curves, and against
+    """Guards against logging bookkeeping (step, eta), missing readings, NaN or bools as curves, and against
     pretrain and sft curves colliding under one name."""
-    step = {"v": 1, "t": 1.0, "kind": "step", "stage": "sft", "step": 3, "total_steps": 9, "loss": 2.0,
-            "mfu": None, "eta_s": 5.0, "flag": True, "mem_peak_mb": 10}
-    assert event_metrics(step) == {"sft/loss": 2.0, "sft/mem_peak_mb": 10.0}
-    evaluation = {"kind": "eval", "stage": "pretrain", "step": 4, "eval_loss": 1.5, "heldout_path": "x"}
+    step = StepEvent(stage="sft", step=3, total_steps=9, loss=2.0, lr=1e-3, grad_norm=float("nan"), tokens_per_s=5.0,
+                     samples_per_s=1.0, mfu=None, eta_s=5.0, tokens_seen=10, epoch=0.5, mem_peak_mb=10)
+    assert event_metrics(step) == {"sft/loss": 2.0, "sft/lr": 1e-3, "sft/tokens_per_s": 5.0, "sft/samples_per_s": 1.0,
+                                   "sft/tokens_seen": 10.0, "sft/epoch": 0.5, "sft/mem_peak_mb": 10.0}
+    evaluation = EvalEvent(stage="pretrain", step=4, eval_loss=1.5, heldout_path="x")
     assert event_metrics(evaluation) == {"pretrain/eval_loss": 1.5}
-    assert event_metrics({"kind": "eval", "stage": "sft", "step": 4, "heldout_accuracy": 0.5,
-                          "heldout_correct": 1}) == {"sft/heldout_accuracy": 0.5}
-    for kind in ("stage_start", "checkpoint", "warning", "stage_end", "sample"):
-        assert event_metrics({"kind": kind, "stage": "sft", "step": 1, "loss": 1.0}) == {}
+    assert event_metrics(EvalEvent(stage="sft", step=4, heldout_accuracy=0.5, heldout_correct=1)) == {
+        "sft/heldout_accuracy": 0.5}
+    others = [StageStartEvent(stage="sft", total_steps=1, start_step=0, resumed=False),
+              CheckpointEvent(stage="sft", step=1, path="p", seconds=0.1), WarningEvent(message="m"),
+              StageEndEvent(stage="sft", state="finished", step=1, total_steps=1, loss=1.0),
+              SampleEvent(stage="sft", step=1, prompt="a", text="b")]
+    for event in others:
+        assert event_metrics(event) == {}
 
 
 def test_disabled_returns_none_and_never_imports_swanlab(tmp_path: Path) -> None:
@@ -126,11 +143,11 @@ def test_offline_writes_metrics_config_and_finish_record(hermetic: Path) -> None
     assert tracker is not None and tracker.active
     assert signal.getsignal(signal.SIGINT) is sigint_before
     log.listeners.append(tracker)
-    log.emit("stage_start", stage="pretrain", total_steps=10, start_step=0, resumed=False)
-    log.emit("step", **step_event("pretrain", 1, 4.0))
-    log.emit("step", **step_event("pretrain", 2, 3.0))
-    log.emit("eval", stage="pretrain", step=2, eval_loss=3.5)
-    log.emit("checkpoint", stage="pretrain", step=2, path="x", seconds=0.1)
+    log.emit(StageStartEvent(stage="pretrain", total_steps=10, start_step=0, resumed=False))
+    log.emit(StepEvent(**step_event("pretrain", 1, 4.0)))
+    log.emit(StepEvent(**step_event("pretrain", 2, 3.0)))
+    log.emit(EvalEvent(stage="pretrain", step=2, eval_loss=3.5))
+    log.emit(CheckpointEvent(stage="pretrain", step=2, path="x", seconds=0.1))
     tracker.close()
     tracker.close()  # idempotent: the pipeline may close on both its error and normal paths
     log.close()
@@ -152,7 +169,7 @@ def test_offline_writes_metrics_config_and_finish_record(hermetic: Path) -> None
     keys = {key for key, _ in values}
     assert not keys & {"pretrain/mfu", "pretrain/eta_s", "pretrain/step", "pretrain/total_steps"}
     assert records[-1]["finish"]["state"] == "RUN_STATE_FINISHED"
-    assert not [e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "warning"]
+    assert not [e for e in iter_events(run_dir / "events.jsonl") if e.kind == "warning"]
 
 
 def test_local_mode_without_dashboard_still_saves_and_warns(hermetic: Path) -> None:
@@ -163,15 +180,14 @@ def test_local_mode_without_dashboard_still_saves_and_warns(hermetic: Path) -> N
         pytest.skip("swanboard installed: the missing-dashboard warning does not apply")
     run_dir = hermetic / "run-local"
     run_dir.mkdir()
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     log = EventLog(None, [events.append])
     tracker = SwanlabTracker.create(make_preset("local", logdir=str(hermetic / "shared-swanlog")), run_dir, log)
     assert tracker is not None
-    tracker({"kind": "step", **step_event("sft", 5, 1.25)})
+    tracker(StepEvent(**step_event("sft", 5, 1.25)))
     tracker.close()
-    [warning] = [e for e in events if e["kind"] == "warning"]
-    assert "swanlab[dashboard]" in warning["message"]
-    parse_event(warning)
+    [warning] = [e for e in events if isinstance(e, WarningEvent)]
+    assert "swanlab[dashboard]" in warning.message
     saved = json.loads((run_dir / "tracking.json").read_text())
     [session] = session_dirs(hermetic / "shared-swanlog", saved["id"])
     assert list((session / "logs").glob("*/_summary.json"))
@@ -185,13 +201,13 @@ def test_resume_continues_the_same_experiment(hermetic: Path) -> None:
     run_dir.mkdir()
     preset = make_preset("offline")
     first = SwanlabTracker.create(preset, run_dir, EventLog())
-    first({"kind": "step", **step_event("pretrain", 1, 4.0)})
+    first(StepEvent(**step_event("pretrain", 1, 4.0)))
     first.close("stopped")
     run_id = json.loads((run_dir / "tracking.json").read_text())["id"]
 
     # (swanlab names session folders run-<second>-<id>; a clash within one second makes it wait and retry)
     second = SwanlabTracker.create(preset, run_dir, EventLog())
-    second({"kind": "step", **step_event("pretrain", 2, 3.0)})
+    second(StepEvent(**step_event("pretrain", 2, 3.0)))
     second.close()
 
     saved = json.loads((run_dir / "tracking.json").read_text())
@@ -214,7 +230,8 @@ CLOUD_SCRIPT = """
     preset = preset_from_dict({"name": "trk", "tracking": {"swanlab": {"mode": "cloud"}}})
     start = time.perf_counter()
     tracker = SwanlabTracker.create(preset, Path("run"), EventLog(None, [events.append]))
-    print(json.dumps({"tracker": tracker is None, "seconds": time.perf_counter() - start, "events": events}))
+    print(json.dumps({"tracker": tracker is None, "seconds": time.perf_counter() - start,
+                      "events": [e.model_dump() for e in events]}))
 """
 
 
@@ -262,11 +279,11 @@ def test_init_that_hangs_is_abandoned_after_the_timeout(hermetic: Path, monkeypa
 
     monkeypatch.setattr(swanlab, "init", slow_init)
     monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 0.2)
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     start = time.perf_counter()
     assert SwanlabTracker.create(make_preset("offline"), hermetic / "run", EventLog(None, [events.append])) is None
     assert time.perf_counter() - start < 0.7
-    assert [e["kind"] for e in events] == ["warning"] and "TimeoutError" in events[0]["message"]
+    assert [e.kind for e in events] == ["warning"] and "TimeoutError" in events[0].message
     release.set()
     wait_until(lambda: finished, timeout=5, what="the late run to be finished")
     assert finished == ["aborted"]
@@ -285,18 +302,17 @@ def test_log_failure_warns_once_and_training_continues() -> None:
         def finish(self, state: str = "success", error: str | None = None) -> None:
             calls.append(("finish", state))
 
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     log = EventLog(None, [events.append])
     tracker = SwanlabTracker(BrokenRun(), log)
     log.listeners.append(tracker)
     for step in range(1, 5):
-        log.emit("step", **step_event("pretrain", step, 1.0))  # must not raise
-    log.emit("eval", stage="pretrain", step=4, eval_loss=1.0)
-    warnings = [e for e in events if e["kind"] == "warning"]
-    assert len(warnings) == 1 and "ConnectionError: upload queue died" in warnings[0]["message"]
-    parse_event(warnings[0])  # no stray fields: the events schema forbids extras on warnings
+        log.emit(StepEvent(**step_event("pretrain", step, 1.0)))  # must not raise
+    log.emit(EvalEvent(stage="pretrain", step=4, eval_loss=1.0))
+    warnings = [e for e in events if isinstance(e, WarningEvent)]
+    assert len(warnings) == 1 and "ConnectionError: upload queue died" in warnings[0].message
     assert calls == [1, ("finish", "aborted")]
     assert not tracker.active
     tracker.close()  # nothing left to finish; no second warning
-    assert len([e for e in events if e["kind"] == "warning"]) == 1
-    assert len([e for e in events if e["kind"] == "step"]) == 4
+    assert len([e for e in events if e.kind == "warning"]) == 1
+    assert len([e for e in events if e.kind == "step"]) == 4

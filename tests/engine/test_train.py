@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from engine.checkpoint import list_checkpoints, read_checkpoint
 from engine.config import TrainStage
 from engine.errors import CheckpointError
-from engine.events import iter_events
+from engine.events import Event, iter_events
 from engine.pipeline import run_pipeline
 from engine.runs import create_run, read_status, request_stop
 from engine.train import NonFiniteLoss
@@ -20,7 +20,7 @@ from engine.train_step import lr_at
 
 
 def step_losses(run_dir: Path, stage: str = "pretrain") -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "step" and e["stage"] == stage}
+    return {e.step: e.loss for e in iter_events(run_dir / "events.jsonl") if e.kind == "step" and e.stage == stage}
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
@@ -69,8 +69,8 @@ def test_resume_continues_the_same_loss_curve_bit_for_bit(make_preset) -> None:
 
     interrupted = create_run(preset)
 
-    def stop_at_four(event: dict) -> None:
-        if event["kind"] == "step" and event["step"] == 5:
+    def stop_at_four(event: Event) -> None:
+        if event.kind == "step" and event.step == 5:
             request_stop(interrupted)
 
     first = run_pipeline(interrupted, listeners=[stop_at_four])
@@ -80,7 +80,7 @@ def test_resume_continues_the_same_loss_curve_bit_for_bit(make_preset) -> None:
     assert second.state == "finished"
 
     assert step_losses(interrupted) == step_losses(straight)
-    epochs = [e["epoch"] for e in iter_events(interrupted / "events.jsonl") if e["kind"] == "step"]
+    epochs = [e.epoch for e in iter_events(interrupted / "events.jsonl") if e.kind == "step"]
     assert max(epochs) > 2  # the run really crossed epoch boundaries
     a = load_file(str(straight / "checkpoints/pretrain/latest/model.safetensors"))
     b = load_file(str(interrupted / "checkpoints/pretrain/latest/model.safetensors"))
@@ -89,18 +89,16 @@ def test_resume_continues_the_same_loss_curve_bit_for_bit(make_preset) -> None:
 
 def test_crash_while_saving_keeps_previous_checkpoint_loadable(make_preset, monkeypatch) -> None:
     """Guards against `latest` pointing at a half-written checkpoint after a crash mid-save."""
-    import engine.checkpoint as checkpoint
+    import engine.atomic as atomic
 
-    real_fsync = checkpoint._fsync_tree
-    calls = []
+    real_fsync = atomic.fsync_tree
 
-    def crash_on_second_save(path: Path) -> None:
-        calls.append(path)
-        if len(calls) == 2:
+    def crash_on_the_second_checkpoint(path: Path) -> None:
+        if path.name.startswith(".step_000004"):  # the folder being flushed before it is published
             raise OSError("disk vanished mid-save")
         real_fsync(path)
 
-    monkeypatch.setattr(checkpoint, "_fsync_tree", crash_on_second_save)
+    monkeypatch.setattr(atomic, "fsync_tree", crash_on_the_second_checkpoint)
     run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"save_interval": 2}))
     with pytest.raises(OSError, match="disk vanished"):
         run_pipeline(run_dir)
@@ -109,7 +107,7 @@ def test_crash_while_saving_keeps_previous_checkpoint_loadable(make_preset, monk
     assert any(p.name.startswith(".step_000004.tmp") for p in stage_dir.iterdir())
     assert read_status(run_dir)["state"] == "failed"
 
-    monkeypatch.setattr(checkpoint, "_fsync_tree", real_fsync)
+    monkeypatch.setattr(atomic, "fsync_tree", real_fsync)
     assert run_pipeline(run_dir, resume=True).state == "finished"
     assert read_checkpoint(stage_dir / "latest").step == 6
     assert not any(p.name.startswith(".step_") for p in stage_dir.iterdir())
@@ -191,8 +189,8 @@ def test_periodic_eval_emits_samples_and_training_continues(make_preset) -> None
     """Guards against mid-stage evaluation breaking training (generation tensors reused in backward)."""
     run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"eval_interval": 3, "max_steps": 6}))
     assert run_pipeline(run_dir).state == "finished"
-    samples = [e for e in iter_events(run_dir / "events.jsonl") if e["kind"] == "sample"]
-    assert [s["step"] for s in samples] == [3, 6] and all(s["prompt"] for s in samples)
+    samples = [e for e in iter_events(run_dir / "events.jsonl") if e.kind == "sample"]
+    assert [s.step for s in samples] == [3, 6] and all(s.prompt for s in samples)
 
 
 def test_a_token_cache_build_reports_its_progress(make_preset, monkeypatch):

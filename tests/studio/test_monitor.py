@@ -8,13 +8,14 @@ from pathlib import Path
 
 from textual.message import Message
 
+from engine.events import StepEvent
 from studio.app import StudioApp
 from studio.messages import OpenRuns, RunUpdated
 from studio.run_watch import RunWatch
 from studio.widgets.monitor.memory_panel import memory_renderable
 from studio.widgets.monitor.metric_plot import MetricPlot
 from studio.widgets.monitor.monitor_pane import MonitorPane
-from tests.support.fake_runs import T0, event_line, make_run, step_event
+from tests.support.fake_runs import T0, event_line, make_run, step_event, step_fields
 from tests.support.wait import ready, spy_event_reads, until
 
 STAGE_START = {"v": 1, "t": T0, "kind": "stage_start", "stage": "pretrain", "total_steps": 100, "start_step": 0,
@@ -40,25 +41,26 @@ async def test_monitor_follows_a_growing_events_file_with_a_torn_last_line(runs_
         await ready(pilot)
         await pilot.press("3")
         monitor = app.query_one(MonitorPane)
-        await until(pilot, lambda: monitor.primary is not None and monitor.primary.last_step.get("step") == 3, what="step 3")
-        assert monitor.primary.setup == {"device": "cpu", "dtype": "float32"}
+        await until(pilot, lambda: monitor.primary is not None and getattr(monitor.primary.last_step, "step", None) == 3, what="step 3")
+        setup = monitor.primary.setup
+        assert setup is not None and (setup.device, setup.dtype) == ("cpu", "float32")
         assert "line two" in monitor.primary.log_tail
 
         events = run_dir / "events.jsonl"
         torn = event_line(step_event("pretrain", 6, 100, 4.4))
         append(events, event_line(step_event("pretrain", 4, 100, 4.6)) + event_line(step_event("pretrain", 5, 100, 4.5)))
         append(events, torn[:25])  # the run is in the middle of writing step 6
-        await until(pilot, lambda: monitor.primary.last_step.get("step") == 5, what="step 5")
+        await until(pilot, lambda: getattr(monitor.primary.last_step, "step", None) == 5, what="step 5")
         polled = len(offsets)
         await until(pilot, lambda: len(offsets) >= polled + 3, what="three more polls with the torn line present")
         await pilot.pause()  # and what they posted
         snap = monitor.primary
-        assert snap.n_events == 6 and snap.last_step["step"] == 5  # the torn line is neither lost nor half-parsed
+        assert snap.n_events == 6 and snap.last_step.step == 5  # the torn line is neither lost nor half-parsed
         assert snap.offset == events.stat().st_size - 25
 
         append(events, torn[25:] + json.dumps({"v": 1, "t": T0 + 7, "kind": "eval", "stage": "pretrain", "step": 6,
                                                 "eval_loss": 4.2}) + "\n")
-        await until(pilot, lambda: monitor.primary.last_step.get("step") == 6 and monitor.primary.last_eval, what="step 6")
+        await until(pilot, lambda: getattr(monitor.primary.last_step, "step", None) == 6 and monitor.primary.last_eval, what="step 6")
         snap = monitor.primary
         xs, ys = snap.stage_view("pretrain").series["loss"]
         assert xs == (1, 2, 3, 4, 5, 6) and ys[-1] == 4.4
@@ -121,7 +123,7 @@ def test_watch_reads_a_long_file_in_slices_and_keeps_series_bounded(tmp_path: Pa
             break
     assert polls > 3  # bounded slices, not one read
     snap = watch.snapshot()
-    assert snap.n_events == n and snap.last_step["step"] == n
+    assert snap.n_events == n and snap.last_step.step == n
     xs, ys = snap.stage_view("pretrain").series["loss"]
     assert 1000 <= len(xs) <= 2000 and xs[0] == 1
     assert ys[0] > ys[-1]  # the bucket means keep the curve's shape
@@ -132,11 +134,13 @@ def test_memory_panel_shows_gpu_gauges_or_rss() -> None:
     from rich.console import Console
 
     console = Console(width=60, record=True)
-    console.print(memory_renderable({"mem_alloc_mb": 30_000, "mem_peak_mb": 60_000, "mem_reserved_mb": 70_000,
-                                     "mem_total_mb": 81_920, "gpu_util_pct": 97}))
+    gpu = StepEvent(**step_fields("pretrain", 5, 10, 2.0, rss_mb=None, mem_alloc_mb=30_000, mem_peak_mb=60_000,
+                                  mem_reserved_mb=70_000, mem_total_mb=81_920, gpu_util_pct=97))
+    console.print(memory_renderable(gpu))
     text = console.export_text()
     assert "peak" in text and "58.6 GiB/80.0 GiB" in text and "97%" in text
-    console.print(memory_renderable({"rss_mb": 900}))
+    console.print(memory_renderable(StepEvent(**step_fields("pretrain", 5, 10, 2.0, rss_mb=900))))
+    assert "no step events yet" in str(memory_renderable(None))
     assert "RSS 900 MiB" in console.export_text()
 
 
@@ -154,7 +158,7 @@ def test_the_monitor_shows_a_token_cache_build_before_the_first_step(tmp_path: P
     watch = RunWatch(run_dir)
     watch.poll()
     view = watch.snapshot().stage_view("pretrain")
-    assert view.state == "pending" and view.cache["bytes_done"] == 120_000_000
+    assert view.state == "pending" and view.cache.bytes_done == 120_000_000
 
     def shown(snapshot) -> str:
         widget = StageProgress()

@@ -10,10 +10,10 @@ from textual.widgets import Button, Input
 from engine.config import (
     PROJECT_ROOT,
     Preset,
-    PresetError,
     load_preset,
     preset_from_dict,
 )
+from engine.errors import PresetError
 from engine.estimate import GiB, Target
 from studio import launcher
 from studio.app import StudioApp

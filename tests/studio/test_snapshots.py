@@ -68,7 +68,7 @@ def snapshot_at(tab: str, follow: str | None = None):
             monitor = pilot.app.query_one(MonitorPane)
             pilot.app.post_message(OpenRuns([run_dir]))
             await until(pilot, lambda: monitor.primary is not None and monitor.primary.run_dir == run_dir
-                        and monitor.primary.last_step.get("step") == 300, what=f"the monitor to load {follow}")
+                        and getattr(monitor.primary.last_step, "step", None) == 300, what=f"the monitor to load {follow}")
         pilot.app.action_show_tab(tab)
         await pilot.pause()
         await pilot.wait_for_scheduled_animations()

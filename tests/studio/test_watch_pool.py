@@ -85,7 +85,7 @@ def test_two_followers_sharing_a_watch_fold_each_event_once_and_post_in_order(tm
     for thread in threads:
         thread.join(timeout=60)
     snap = watch.snapshot()
-    assert snap.n_events == 4000 and snap.last_step["step"] == 4000
+    assert snap.n_events == 4000 and snap.last_step.step == 4000
     assert sum(watch.stages["pretrain"].series["loss"].counts) == 4000
     assert [s.n_events for s in posted] == sorted(s.n_events for s in posted) and posted[-1].n_events == 4000
 

@@ -182,7 +182,7 @@ class MonitorPane(Pane):
         head.append(snap.run_id, style="bold")
         head.append("  ")
         head.append_text(state_text(snap.state))
-        setup = " ".join(str(snap.setup[k]) for k in ("device", "dtype") if snap.setup.get(k))
+        setup = " ".join(v for v in (snap.setup.device, snap.setup.dtype) if v) if snap.setup else ""
         head.append(f"  stage {text_or_missing(snap.stage)}" + (f"  {setup}" if setup else ""))
         if len(self.run_dirs) > 1:
             head.append(f"  +{len(self.run_dirs) - 1} overlaid", style="cyan")
@@ -193,15 +193,15 @@ class MonitorPane(Pane):
     def _metrics(self, snap: RunSnapshot) -> Text:
         s, e = snap.last_step, snap.last_eval
         rows = [
-            ("loss", num(s.get("loss"), ".4f")), ("eval", num(e.get("eval_loss"), ".4f")),
-            ("lr", num(s.get("lr"), ".2e")), ("grad", num(s.get("grad_norm"), ".3f")),
-            ("tok/s", num(s.get("tokens_per_s"), ",.0f")), ("mfu", mfu_text(s)),
-            ("tokens", num(s.get("tokens_seen"), ",")), ("epoch", num(s.get("epoch"), ".2f")),
+            ("loss", num(s and s.loss, ".4f")), ("eval", num(e and e.eval_loss, ".4f")),
+            ("lr", num(s and s.lr, ".2e")), ("grad", num(s and s.grad_norm, ".3f")),
+            ("tok/s", num(s and s.tokens_per_s, ",.0f")), ("mfu", mfu_text(s)),
+            ("tokens", num(s and s.tokens_seen, ",")), ("epoch", num(s and s.epoch, ".2f")),
         ]
-        if e.get("heldout_accuracy") is not None:
-            rows.append(("held-out", f"{e['heldout_accuracy']:.1%} ({e.get('heldout_correct')}/{e.get('heldout_total')})"))
-        if s.get("gpu_util_pct") is not None:
-            rows.append(("gpu", f"{s['gpu_util_pct']:.0f}%"))
+        if e is not None and e.heldout_accuracy is not None:
+            rows.append(("held-out", f"{e.heldout_accuracy:.1%} ({e.heldout_correct}/{e.heldout_total})"))
+        if s is not None and s.gpu_util_pct is not None:
+            rows.append(("gpu", f"{s.gpu_util_pct:.0f}%"))
         text = Text()
         for index, (label, value) in enumerate(rows):
             text.append(f"{label} ", style="dim")

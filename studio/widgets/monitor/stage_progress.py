@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.events import CacheProgressEvent
 from engine.run_state import RunState
 from studio.display import state_colour, state_style
 from studio.run_watch import RunSnapshot
@@ -20,14 +21,14 @@ def eta_text(seconds: float | None) -> str:
     return f"ETA {hours}h{rest // 60:02d}m" if hours else f"ETA {rest // 60}m{rest % 60:02d}s"
 
 
-def cache_row(name: str, cache: dict, bold: bool) -> tuple:
+def cache_row(name: str, cache: CacheProgressEvent, bold: bool) -> tuple:
     """A stage whose data file is being tokenized into the cache: a bar in MB, the rate and its ETA."""
-    done, total = cache.get("bytes_done", 0) / 1e6, max(1e-6, cache.get("bytes_total", 0) / 1e6)
+    done, total = cache.bytes_done / 1e6, max(1e-6, cache.bytes_total / 1e6)
     return (
         Text(name, style="bold" if bold else ""),
         ProgressBar(total=total, completed=done, complete_style="cyan"),
         f"{done:,.0f}/{total:,.0f} MB",
-        Text(eta_text(cache.get("eta_s")).replace("ETA", "data") or "data", style="cyan"),  # "data 0m30s": tokenizing
+        Text(eta_text(cache.eta_s).replace("ETA", "data") or "data", style="cyan"),  # "data 0m30s": tokenizing
     )
 
 

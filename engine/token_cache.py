@@ -1,6 +1,6 @@
-"""Training data on disk: line-numbered jsonl readers and the pre-tokenized cache.
+"""The pre-tokenized cache of a data file: built once, memory-mapped by every run that trains on it.
 
-The flow is jsonl -> `build_token_cache` (tokenize once, stream to a flat token file keyed by the file's
+The flow is jsonl (engine.jsonl) -> `build_token_cache` (tokenize once, stream to a flat token file keyed by the file's
 content and the tokenizer; SFT records are checked by engine.messages and masked by engine.sft_mask) ->
 `TokenCache` (memory-mapped) -> engine.blocks (fixed-shape training blocks and the resumable sampler).
 """
@@ -12,131 +12,21 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from engine.atomic import fsync_dir, write_json_atomic
+from engine.atomic import publish_dir, write_json_atomic
 from engine.errors import DataError
-from engine.messages import RecordProblem, parse_conversation
+from engine.jsonl import Kind, skip_hint
 
 if TYPE_CHECKING:
     from engine.cache_build import Progress
 
-Kind = Literal["pretrain", "sft"]
 # Bump when the cache layout or the tokenization rules change, so old caches are not reused.
 # 2: the full message schema (tools, tool calls, reasoning, tool results) and meaning-based SFT masks.
 CACHE_FORMAT_VERSION = 2
-IGNORE_INDEX = -100  # targets with this value do not count in the loss (torch cross_entropy default)
-
-
-def skip_hint(setting: str) -> str:
-    """What to do about a bad line, naming the preset field (e.g. sft.on_bad_line) that changes it."""
-    return f'Fix or delete that line, or set {setting} = "skip" to skip bad lines and count them'
-
-
-
-@dataclass
-class ReadStats:
-    """What a reader saw: non-blank lines, usable records, skipped lines (with the first few reasons)."""
-
-    lines: int = 0
-    records: int = 0
-    skipped: int = 0
-    skipped_examples: list[tuple[int, str]] = field(default_factory=list)
-
-    def skip(self, line_no: int, reason: str) -> None:
-        self.skipped += 1
-        if len(self.skipped_examples) < 10:
-            self.skipped_examples.append((line_no, reason))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading jsonl
-
-
-def parse_record(obj: Any, kind: Kind) -> Any:
-    """The usable part of a parsed line: the text of a pretrain record, the engine.messages Conversation of
-    an SFT one (roles, tools, tool calls, reasoning checked and decoded). RecordProblem says why not.
-    Extra keys are allowed."""
-    if kind == "sft":
-        return parse_conversation(obj)
-    if not isinstance(obj, dict):
-        raise RecordProblem(f"expected a JSON object, got {type(obj).__name__}")
-    if "text" not in obj:
-        raise RecordProblem('missing key "text" (pretrain lines look like {"text": "..."})')
-    if not isinstance(obj["text"], str):
-        raise RecordProblem(f'"text" must be a string, got {type(obj["text"]).__name__}')
-    return obj["text"]
-
-
-def parse_line(raw: bytes, kind: Kind, first: bool = False) -> tuple[Any, Any] | str:
-    """(the JSON object, parse_record's result) of one jsonl line, or why it is unusable. `first`: the file's
-    first line, which may start with a UTF-8 byte order mark."""
-    try:
-        obj = json.loads(raw.decode("utf-8-sig" if first else "utf-8"))
-        return obj, parse_record(obj, kind)
-    except UnicodeDecodeError:
-        return "not valid UTF-8"
-    except json.JSONDecodeError as error:
-        return f"not valid JSON ({error.msg} at column {error.colno})"
-    except RecordProblem as error:
-        return str(error)
-
-
-def iter_jsonl(
-    path: str | Path, kind: Kind, on_bad_line: Literal["error", "skip"] = "error", stats: ReadStats | None = None,
-    **window: Any,
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_no, record) of the usable lines; `window` is iter_parsed's start_line / stop_line / setting."""
-    for line_no, obj, _ in iter_parsed(path, kind, on_bad_line, stats, **window):
-        yield line_no, obj
-
-
-def iter_parsed(
-    path: str | Path,
-    kind: Kind,
-    on_bad_line: Literal["error", "skip"] = "error",
-    stats: ReadStats | None = None,
-    *,
-    start_line: int = 1,
-    stop_line: int | None = None,
-    setting: str | None = None,
-) -> Iterator[tuple[int, dict[str, Any], Any]]:
-    """Yield (line_no, record, parse_record's result) for lines start_line <= line_no < stop_line (1-based,
-    physical lines); the cache uses the parsed part, so SFT lines are checked and decoded only once.
-
-    Blank lines are ignored. A bad line raises DataError("file:line: ...") naming `setting` (the
-    preset field holding on_bad_line, default "<kind>.on_bad_line") or, with on_bad_line="skip", is counted
-    in `stats` and skipped. Lines outside the range are not parsed.
-    """
-    stats = stats if stats is not None else ReadStats()
-    hint = skip_hint(setting or f"{kind}.on_bad_line")
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if stop_line is not None and line_no >= stop_line:
-                break
-            if line_no < start_line or not raw.strip():
-                continue
-            stats.lines += 1
-            got = parse_line(raw, kind, first=line_no == 1)
-            if not isinstance(got, str):
-                stats.records += 1
-                yield line_no, *got
-            elif on_bad_line == "skip":
-                stats.skip(line_no, got)
-            else:
-                raise DataError(f"{path}:{line_no}: {got}. {hint}.")
-
-
-# --------------------------------------------------------------------------------------------
-# The token cache
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -266,15 +156,10 @@ def build_token_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():  # a folder without meta.json: an interrupted or foreign build, never trusted
+    if final.exists() and not (final / "meta.json").exists():  # an interrupted or foreign build: never trusted
         shutil.rmtree(final)
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another process finished the same cache first; theirs is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (final / "meta.json").exists():
-            raise
-    fsync_dir(cache_dir)
+    # Another process may have finished the same cache meanwhile: theirs is as good as ours.
+    publish_dir(tmp, final, keep_existing=True)
     return TokenCache(final, from_cache=False)
 
 

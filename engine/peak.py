@@ -1,4 +1,4 @@
-"""What the device can do: the peak FLOP/s that MFU is measured against, and NVML readings on NVIDIA GPUs.
+"""What the device can do: the peak FLOP/s that MFU is measured against.
 
 GPU peaks come from engine/gpus.py (vendors' dense bf16/fp16 tensor-core figures). A CPU has no
 datasheet number worth trusting, so its peak is probed: the best of several matmul sizes, each timed
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -131,28 +130,3 @@ class MfuMeter:
             self.warn(reason)
             return None
         return achieved_flops / self.peak.flops
-
-
-@lru_cache(maxsize=1)
-def _nvml() -> Any:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml
-    except Exception:  # noqa: BLE001 - no NVML (no driver, no package, not NVIDIA): just no readings
-        return None
-
-
-def nvml_snapshot(device: torch.device) -> dict[str, float]:
-    """GPU utilisation and total memory from NVML, or {} when NVML is unavailable."""
-    nvml = _nvml()
-    if nvml is None:
-        return {}
-    try:
-        handle = nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        util = nvml.nvmlDeviceGetUtilizationRates(handle)
-        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-        return {"gpu_util_pct": float(util.gpu), "mem_total_mb": memory.total / (1024 * 1024)}
-    except Exception:  # noqa: BLE001
-        return {}
