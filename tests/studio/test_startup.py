@@ -21,7 +21,8 @@ async def main():
         await pilot.press("escape")          # "not now" to the tiny-preset offer
         for tab in ("presets", "runs", "monitor", "data", "chat"):  # visiting each tab refreshes its lists
             app.action_show_tab(tab)
-            await settle(pilot)
+            await pilot.pause(0)             # its messages handled (no wait for idle: a render takes ~0.3 s)
+        await settle(pilot)                  # and every worker those visits started has finished
     print(json.dumps({"modules": sorted(sys.modules), "modal": modal}))
 
 asyncio.run(main())
