@@ -7,8 +7,8 @@ sentences and chats recombined with seeded shuffles, most names swapped for inve
 a long-tailed pool and numbers redrawn, so BPE meets tens of thousands of distinct words instead of
 the built-in corpus's 176. Then each phase runs in its own subprocess, so its peak RSS is its own:
 
-  tokenizer       engine.tokenizer.train_tokenizer on the pretrain corpus (time, peak RSS)
-  cache pretrain  engine.token_cache.build_token_cache, cold: MB/s of jsonl, tokens produced
+  tokenizer       engine.data.tokenizer.train_tokenizer on the pretrain corpus (time, peak RSS)
+  cache pretrain  engine.data.token_cache.build_token_cache, cold: MB/s of jsonl, tokens produced
   cache sft       the same for the SFT corpus (chat template + loss mask per conversation)
   cache hit       both calls again in a fresh process, as epoch 2 or a later run would: nothing is tokenized
 
@@ -130,7 +130,7 @@ def phase_tokenizer(work: Path, vocab: int) -> dict:
 
     import psutil
 
-    import engine.tokenizer as tokenizer_module
+    import engine.data.tokenizer as tokenizer_module
 
     process = psutil.Process()
     before = process.memory_info().rss
@@ -165,8 +165,8 @@ def phase_cache(work: Path, kind: str) -> dict:
     # transformers' first tokenizer load imports its lazy modules (~2 s here): a one-off cost per process,
     # kept out of the throughput and reported on its own.
     started = time.perf_counter()
-    from engine.token_cache import build_token_cache
-    from engine.tokenizer import load_tokenizer
+    from engine.data.token_cache import build_token_cache
+    from engine.data.tokenizer import load_tokenizer
 
     load_tokenizer(work / "tokenizer")
     imports = time.perf_counter() - started
@@ -187,7 +187,7 @@ def phase_cache(work: Path, kind: str) -> dict:
 
 def phase_hit(work: Path) -> dict:
     """A later run in a new process: the cache is found by content hash; the time is mostly hashing the file."""
-    from engine.token_cache import build_token_cache
+    from engine.data.token_cache import build_token_cache
 
     out = {}
     for kind in ("pretrain", "sft"):
@@ -222,13 +222,15 @@ def report_body(sizes: dict, tok: dict, caches: list[dict], hit: dict, args: arg
          "(with transformers, loaded to check the saved tokenizer); "
          f"{tok['chars_per_token']:.2f} held-out chars/token"),
         "",
-        "| token cache | jsonl MB | docs | tokens | cold build s | MB/s | tokens/s | peak RSS MiB (after setup) | epoch 2 (same process) | later run (new process) |",
+        ("| token cache | jsonl MB | docs | tokens | cold build s | MB/s | tokens/s | peak RSS MiB (after setup) "
+         "| epoch 2 (same process) | later run (new process) |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in caches:
         lines.append(
             f"| {c['kind']} | {c['bytes'] / mb:.1f} | {c['docs']:,} | {c['tokens']:,} | {c['seconds']:.1f} | "
-            f"{c['bytes'] / mb / c['seconds']:.2f} | {c['tokens'] / c['seconds']:,.0f} | {c['peak_rss_mb']:,.0f} ({c['setup_peak_rss_mb']:,.0f}) | "
+            f"{c['bytes'] / mb / c['seconds']:.2f} | {c['tokens'] / c['seconds']:,.0f} | "
+            f"{c['peak_rss_mb']:,.0f} ({c['setup_peak_rss_mb']:,.0f}) | "
             f"{c['hit_same_process_s'] * 1000:.0f} ms | {hit[c['kind']] * 1000:.0f} ms |")
     lines += ["", (f"Cold builds exclude importing transformers and its first tokenizer load ({caches[0]['import_s']:.1f} s, "
                    "once per process). A cache hit tokenizes nothing: it hashes the jsonl (the key is its content) "
@@ -239,7 +241,8 @@ def report_body(sizes: dict, tok: dict, caches: list[dict], hit: dict, args: arg
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrain-mb", type=float, default=100.0)
-    parser.add_argument("--sft-mb", type=float, default=25.0, help="SFT encodes slower (a template render and an encode with character offsets per conversation)")
+    parser.add_argument("--sft-mb", type=float, default=25.0,
+                        help="SFT encodes slower (a template render and an encode with character offsets per conversation)")
     parser.add_argument("--vocab", type=int, default=6400, help="the tutorial's vocabulary size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="~5 MB pretrain, ~1 MB SFT: a smoke run in seconds")

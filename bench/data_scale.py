@@ -84,8 +84,8 @@ def phase_build(work: Path, kind: str, workers: int, one_core: bool) -> dict:
     if one_core:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     started = time.perf_counter()
-    from engine.token_cache import build_token_cache
-    from engine.tokenizer import load_tokenizer
+    from engine.data.token_cache import build_token_cache
+    from engine.data.tokenizer import load_tokenizer
 
     load_tokenizer(work / "tokenizer")
     imports = time.perf_counter() - started
@@ -95,7 +95,8 @@ def phase_build(work: Path, kind: str, workers: int, one_core: bool) -> dict:
     cache = build_token_cache(source, work / "tokenizer", kind, folder, workers=workers)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
     assert not cache.from_cache, "the cold build found a cache: nothing was measured"
-    return {"kind": kind, "workers": workers, "one_core": one_core, "bytes": source.stat().st_size, "tokens": cache.n_tokens, "seconds": seconds,
+    return {"kind": kind, "workers": workers, "one_core": one_core, "bytes": source.stat().st_size,
+            "tokens": cache.n_tokens, "seconds": seconds,
             "import_s": imports, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else None,
             "tokens_bin": str(cache.dir / "tokens.bin")}
@@ -149,7 +150,7 @@ def main() -> int:
         _, special = write_sft_mixed(work / "sft.jsonl", int(args.sft_mb * 1e6), args.seed, args.tool_share)
         with open(work / "sft.jsonl", "rb") as handle:
             n_sft = sum(1 for _ in handle)
-        from engine.tokenizer import train_tokenizer
+        from engine.data.tokenizer import train_tokenizer
 
         train_tokenizer(work / "pretrain.jsonl", work / "tokenizer", 6400, max_train_chars=20_000_000)
         cores = os.cpu_count() or 1
@@ -161,12 +162,12 @@ def main() -> int:
                 r = rows[-1]
                 print(f"{kind} x{workers}{' (one core)' if one_core else ''}: {r['seconds']:.1f} s, "
                       f"{r['bytes'] / 1e6 / r['seconds']:.2f} MB/s", flush=True)
-        from engine.token_cache import file_digest
+        from engine.data.token_cache import file_digest
 
         digests = {(r["kind"], file_digest(Path(r["tokens_bin"]))) for r in rows}
         identical = len(digests) == 2  # one token file per kind, whatever the workers
         body = report_body(rows, special / n_sft, identical, args.quick)
-    from engine.cpu import describe_cpu
+    from engine.hardware.cpu import describe_cpu
 
     publish(f"Token cache at size: one worker and all cores, on {describe_cpu()}", body, print_only=args.no_publish)
     return 0

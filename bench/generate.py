@@ -45,12 +45,12 @@ def main() -> int:
 
     from transformers import AutoModelForCausalLM
 
-    from engine.checkpoint import read_checkpoint, save_checkpoint
+    from engine.checkpoints.checkpoint import read_checkpoint, save_checkpoint
+    from engine.checkpoints.hf_export import export_hf
     from engine.config import load_preset
-    from engine.export import export_hf
-    from engine.generate import Sampling, generate
-    from engine.model import CausalLM
-    from engine.tokenizer import train_tokenizer
+    from engine.data.tokenizer import train_tokenizer
+    from engine.model.generate import Sampling, generate
+    from engine.model.transformer import CausalLM
 
     config = load_preset(ROOT / SHAPES[args.shape][0]).model
     torch.manual_seed(0)

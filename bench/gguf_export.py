@@ -43,11 +43,11 @@ def main() -> int:
 
     import torch
 
-    from engine.checkpoint import model_tensors, read_checkpoint, save_checkpoint
+    from engine.checkpoints.checkpoint import model_tensors, read_checkpoint, save_checkpoint
+    from engine.checkpoints.gguf_export import GGUF_DTYPES, Q8_0, export_gguf, storage_type
     from engine.config import load_preset
-    from engine.gguf_export import GGUF_DTYPES, Q8_0, export_gguf, storage_type
-    from engine.model import CausalLM
-    from engine.tokenizer import train_tokenizer
+    from engine.data.tokenizer import train_tokenizer
+    from engine.model.transformer import CausalLM
 
     config = load_preset(ROOT / SHAPES[args.shape][0]).model
     torch.manual_seed(0)

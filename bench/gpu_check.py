@@ -7,7 +7,7 @@
    the engine eager and torch.compile'd, Hugging Face Llama eager, plus the estimator's prediction of
    each engine peak (tokens/s is the median of measured windows after warm-up; warm-up includes compile);
 3. grouped k/v attention on CUDA: SDPA with enable_gqa vs. k/v expanded to all heads;
-4. the real training loop (engine.pipeline) on the tiny preset with compile on: events, NVML readings,
+4. the real training loop (engine.runs.pipeline) on the tiny preset with compile on: events, NVML readings,
    checkpoints, and the estimator's --calibrate path.
 
 Each section's result is written as soon as it is known (DIR/gpu_check.json and DIR/gpu_check.md),
@@ -45,7 +45,7 @@ class Report:
 def device_section(report: Report) -> float:
     import torch
 
-    from engine.readings import nvml_snapshot
+    from engine.hardware.readings import nvml_snapshot
 
     dev = torch.device("cuda")
     a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
@@ -72,7 +72,7 @@ def training_section(report: Report, peak: float, quick: bool) -> None:
     import torch
 
     from bench.train import run_worker
-    from engine.peak import gpu_peak_tflops
+    from engine.hardware.peak import gpu_peak_tflops
 
     datasheet = gpu_peak_tflops(torch.cuda.get_device_name()) or peak
     schedule = (3, 3, 5) if quick else (3, 5, 10)
@@ -135,11 +135,11 @@ def attention_section(report: Report) -> None:
 
 
 def pipeline_section(report: Report, quick: bool, device: str = "cuda") -> None:
-    from engine.calibrate import calibrate, detect_target
     from engine.config import load_preset
-    from engine.estimate import device_peak, estimate_stage
-    from engine.pipeline import run_pipeline
-    from engine.runs import create_run
+    from engine.hardware.estimate import device_peak, estimate_stage
+    from engine.runs.pipeline import run_pipeline
+    from engine.runs.run_dir import create_run
+    from engine.train.calibrate import calibrate, detect_target
 
     steps = 100 if quick else 300
     with tempfile.TemporaryDirectory() as tmp:

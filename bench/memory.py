@@ -5,7 +5,7 @@ and flatness over a long run.
 
 Peak: each configuration in its own process (bench/train.py's worker), a few steps at batch 32 x 512,
 peak RSS on a CPU (allocator-level peak on a GPU), tokens/s beside it, and the estimator's prediction of
-the engine's tensor memory. Flatness: the real training loop (engine.pipeline, the tiny preset with
+the engine's tensor memory. Flatness: the real training loop (engine.runs.pipeline, the tiny preset with
 evals, samples and checkpoints on) for --flat-steps steps; RSS is read from its step events and the
 benchmark fails unless RSS at the last step is within 2% of RSS at step 50.
 """
@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from bench.train import ROOT, publish, run_worker
-from engine.estimate import CPU_FRAMEWORK_BYTES
+from engine.hardware.estimate import CPU_FRAMEWORK_BYTES
 
 
 def peak_rows(shape: str, batch: int, seq: int) -> tuple[str, list[dict]]:
@@ -45,8 +45,8 @@ def peak_rows(shape: str, batch: int, seq: int) -> tuple[str, list[dict]]:
 def flat_run(steps: int) -> dict:
     """The real loop on the tiny preset; returns RSS per logged step."""
     from engine.config import load_preset
-    from engine.pipeline import run_pipeline
-    from engine.runs import create_run
+    from engine.runs.pipeline import run_pipeline
+    from engine.runs.run_dir import create_run
 
     with tempfile.TemporaryDirectory() as tmp:
         preset = load_preset(ROOT / "presets/tiny.toml", overrides=[

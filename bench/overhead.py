@@ -26,13 +26,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2000)
     args = parser.parse_args()
 
-    from engine.checkpoint import save_checkpoint
+    from engine.checkpoints.checkpoint import save_checkpoint
     from engine.config import load_preset
+    from engine.data.tokenizer import train_tokenizer
     from engine.events import EventLog, StepEvent
-    from engine.model import CausalLM
-    from engine.pipeline import _status_listener
-    from engine.runs import create_run
-    from engine.tokenizer import train_tokenizer
+    from engine.model.transformer import CausalLM
+    from engine.runs.pipeline import _status_listener
+    from engine.runs.run_dir import create_run
 
     preset = load_preset(ROOT / SHAPES[args.shape][0])
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,8 +41,8 @@ def profile(impl: str, shape: str, dtype: str) -> tuple[dict[str, float], float,
     from torch.profiler import profile as torch_profile
 
     from engine.config import load_preset
-    from engine.train_step import set_training_kernel
-    from engine.tuning import TuningRecord
+    from engine.hardware.tuning import TuningRecord
+    from engine.train.step import set_training_kernel
 
     preset_path, batch, seq = SHAPES[shape]
     config = load_preset(ROOT / preset_path).model
@@ -83,7 +83,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from engine.cpu import describe_cpu
+    from engine.hardware.cpu import describe_cpu
 
     results = {impl: profile(impl, args.shape, args.dtype) for impl in ("engine", "hf")}
     kinds = [kind for kind, _ in KINDS] + ["other"]

@@ -49,7 +49,7 @@ TOTAL_MEM_MB = 81559.0  # an 80 GB card
 def make_run(runs_dir: Path, n_steps: int) -> Path:
     """A live run as the engine leaves it mid-pretrain; this process plays the run's pid."""
     from engine.config import load_preset
-    from engine.runs import create_run, process_start_time, write_status
+    from engine.runs.run_dir import create_run, process_start_time, write_status
 
     preset = load_preset(PRESET, [f"pretrain.max_steps={n_steps * 2}", "pretrain.log_interval=1"])
     preset.out_dir = str(runs_dir)
@@ -294,7 +294,8 @@ def report_body(n_steps: int, lines: int, size: int, gen_s: float, base: dict, f
         ("points kept for the pretrain charts (6 series)", f"{follow['points']:,}"),
         ("poll: read + fold + snapshot, median / max", f"{_stats(follow['poll_ms'])} ms"),
         ("pane redraw (UI thread), median / max", f"{_stats(follow['redraw_ms'])} ms"),
-        ("chart render loss / lr / tok/s, median", " / ".join(f"{statistics.median(v):.1f}" if v else "-" for v in render.values()) + " ms"),
+        ("chart render loss / lr / tok/s, median",
+         " / ".join(f"{statistics.median(v):.1f}" if v else "-" for v in render.values()) + " ms"),
         ("append -> drawn latency, median / max", f"{_stats(follow['latency_ms'])} ms (polling every {args.poll_s} s)"),
         ("the run opened from the Runs tab (Enter) -> drawn", f"{follow['reopen_s']:.2f} s"),
     ]

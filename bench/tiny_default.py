@@ -60,7 +60,7 @@ def main() -> int:
         result = run_variant(variant.split())
         rows.append(result)
         print(json.dumps(result), flush=True)
-    from engine.cpu import describe_cpu
+    from engine.hardware.cpu import describe_cpu
 
     lines = ["| overrides | dtype | attention | compile | pretrain s | sft s | training s | wall s | held-out exact match | by kind |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---|"]

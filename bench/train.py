@@ -46,7 +46,7 @@ def build(impl: str, config):
 
     torch.manual_seed(0)
     if impl == "engine":
-        from engine.model import CausalLM
+        from engine.model.transformer import CausalLM
 
         return CausalLM(config)
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,8 +70,8 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
     import torch
 
     from engine.config import load_preset
-    from engine.estimate import Target, training_memory
-    from engine.model import flops_per_token
+    from engine.hardware.estimate import Target, training_memory
+    from engine.model.transformer import flops_per_token
 
     preset_path, default_batch, default_seq = SHAPES[shape]
     batch, seq = batch or default_batch, seq or default_seq
@@ -83,8 +83,8 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
     model.train()
     attention = None
     if impl == "engine":
-        from engine.train_step import set_training_kernel
-        from engine.tuning import TuningRecord
+        from engine.hardware.tuning import TuningRecord
+        from engine.train.step import set_training_kernel
 
         model.model.activation_checkpointing = checkpointing
         # The kernel training would choose here, measured afresh in this process (no record is reused).
@@ -94,7 +94,7 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
     mode = "compiled" if compile is True else "eager"
     if compile == "auto":
         # What runtime.compile = "auto" does on a first long stage with no record: a timed trial.
-        from engine.compile_policy import TRIAL_STEPS, CompiledForward, decide
+        from engine.train.compile_policy import TRIAL_STEPS, CompiledForward, decide
 
         mode, _ = decide("auto", dev.type, None, 10**6, None)
         forward = CompiledForward(model, mode, note=lambda message, figures: print(message, file=sys.stderr),
@@ -177,7 +177,8 @@ def compile_cell(r: dict) -> str:
 
 
 def table(results: list[dict], peaks: dict[str, float]) -> str:
-    lines = ["| shape | dtype | impl | compile | attention | tokens/s | each round | TFLOP/s | MFU | peak memory MiB | vs HF speed | vs HF memory |",
+    lines = [("| shape | dtype | impl | compile | attention | tokens/s | each round | TFLOP/s | MFU | peak memory MiB "
+              "| vs HF speed | vs HF memory |"),
              "|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     eager_hf = {(r["shape"], r["dtype"]): r for r in results if r["impl"] == "hf" and not r["compile"]}
     for r in results:
@@ -189,7 +190,8 @@ def table(results: list[dict], peaks: dict[str, float]) -> str:
             mem = f"{r['peak_mb'] / hf['peak_mb']:.2f}x"
         mfu = achieved / (peaks[r["dtype"]] * 1e12)
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {compile_cell(r)} | {r.get('attention') or 'sdpa'} | "
-                     f"{r['tokens_per_s']:,.0f} | {' / '.join(r.get('rounds', []))} | {achieved / 1e12:.3f} | {f'{mfu:.1%}' if mfu <= 1 else 'peak unknown'} | "
+                     f"{r['tokens_per_s']:,.0f} | {' / '.join(r.get('rounds', []))} | {achieved / 1e12:.3f} | "
+                     f"{f'{mfu:.1%}' if mfu <= 1 else 'peak unknown'} | "
                      f"{r['peak_mb']:,.0f} | {ratio} | {mem} |")
     return "\n".join(lines)
 
@@ -224,8 +226,8 @@ def main() -> int:
 
     import torch
 
-    from engine.cpu import describe_cpu
-    from engine.peak import probe_cpu_peak_tflops
+    from engine.hardware.cpu import describe_cpu
+    from engine.hardware.peak import probe_cpu_peak_tflops
 
     dtypes = args.dtypes.split(",")
     # Probed before and after the runs; the higher counts (a busy moment only ever lowers a probe).

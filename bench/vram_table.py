@@ -3,7 +3,7 @@ tutorial shows (20M-380M models on 4 GB, 8 GB and 46 GB cards, some "cannot run"
 
     python -m bench.vram_table [--out docs/VRAM.md]
 
-Torch-free and instant: every cell comes from engine/estimate.py (validated against measured peaks in
+Torch-free and instant: every cell comes from engine/hardware/estimate.py (validated against measured peaks in
 tests/engine/test_estimate.py and on an H200 in bench/RESULTS.md). Each row is the tutorial's pretraining
 setup (batch 32 x 512 tokens, 8 accumulated micro-batches, AdamW) in the card's best 16-bit dtype.
 """
@@ -32,9 +32,9 @@ def pretrain_on_card(preset_name: str, overrides: list[str], card: str):
     """The estimator's answer for pretraining a preset on a card in its best 16-bit dtype: (card, dtype,
     target, estimate, parameters, memory needed as text). Both tables are made of these."""
     from engine.config import load_preset
-    from engine.estimate import Target, device_peak, estimate_stage
-    from engine.flops import count_parameters
-    from engine.gpus import find_gpu
+    from engine.hardware.estimate import Target, device_peak, estimate_stage
+    from engine.hardware.flops import count_parameters
+    from engine.hardware.gpus import find_gpu
     from studio.estimate_view import human_bytes
 
     gpu = find_gpu(card)

@@ -1,4 +1,4 @@
-"""`python -m engine RUN_DIR [--resume]`: what a detached run executes (see engine.runs.launch_detached).
+"""`python -m engine RUN_DIR [--resume]`: what a detached run executes (see engine.runs.run_dir.launch_detached).
 
 Output goes to stdout, which the launcher points at RUN_DIR/train.log: one plain line per event, no
 terminal control codes, so `tail -f train.log` and `minimind-studio logs` both read well.
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from engine.events import plain_log_listener
-from engine.pipeline import run_pipeline
+from engine.runs.pipeline import run_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:

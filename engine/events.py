@@ -146,7 +146,7 @@ class ErrorEvent(_Event):
 
 
 class StageEndEvent(_Event):
-    """A stage ended (finished or stopped). The tokenizer stage adds its report (engine/tokenizer.py)."""
+    """A stage ended (finished or stopped). The tokenizer stage adds its report (engine/data/tokenizer.py)."""
 
     kind: Literal["stage_end"] = "stage_end"
     stage: str
@@ -171,7 +171,8 @@ class StageEndEvent(_Event):
 
 
 Event = Annotated[
-    StageStartEvent | StepEvent | EvalEvent | CheckpointEvent | SampleEvent | WarningEvent | NoteEvent | CacheProgressEvent | ErrorEvent | StageEndEvent,
+    StageStartEvent | StepEvent | EvalEvent | CheckpointEvent | SampleEvent | WarningEvent | NoteEvent
+    | CacheProgressEvent | ErrorEvent | StageEndEvent,
     Field(discriminator="kind"),
 ]
 _EVENT = TypeAdapter(Event)

@@ -7,8 +7,8 @@ workers. Hidden tabs are mounted lazily, just after the first frame.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -57,7 +57,7 @@ class StudioApp(App[None]):
         self.followed: list[Path] = []  # runs the monitor shows; kept here so a lazily mounted monitor finds them
 
     def compose(self) -> ComposeResult:
-        from engine.runs import list_runs
+        from engine.runs.run_dir import list_runs
 
         initial = "runs" if list_runs(self.runs_dir) else "presets"
         with TabbedContent(initial=initial, id="tabs"):
@@ -67,7 +67,7 @@ class StudioApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        from engine.runs import list_runs
+        from engine.runs.run_dir import list_runs
 
         if self.offer_tiny and not list_runs(self.runs_dir):
             self.push_screen(

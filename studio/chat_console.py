@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from engine.reply import ReplyParser, ToolCall, ToolSpecError, read_tool_specs
+from engine.chat.reply import ReplyParser, ToolCall, ToolSpecError, read_tool_specs
 
 
 def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:

@@ -1,12 +1,12 @@
 """Checkpoints the chat tab can load: runs/*/checkpoints/<stage>/{latest, step_*} (directory reads only:
-engine.checkpoint imports torch, which must wait for the chat worker)."""
+engine.checkpoints.checkpoint imports torch, which must wait for the chat worker)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.runs import list_runs
+from engine.runs.run_dir import list_runs
 
 STAGE_ORDER = ("sft", "pretrain")  # chat-ready checkpoints first
 

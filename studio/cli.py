@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.errors import EngineError
-from engine.run_state import RunState
+from engine.runs.state import RunState
 
 console = Console()
 err_console = Console(stderr=True)
@@ -22,8 +22,8 @@ err_console = Console(stderr=True)
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.config import load_preset
-    from engine.pipeline import preflight
-    from engine.runs import create_run, latest_run_of
+    from engine.runs.pipeline import preflight
+    from engine.runs.run_dir import create_run, latest_run_of
 
     overrides = list(args.set or [])
     if args.stage:
@@ -43,8 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
     """Run (or resume) a prepared run directory, detached or in the foreground with a progress display."""
     from engine.events import plain_log_listener
-    from engine.pipeline import run_pipeline
-    from engine.runs import RunLock, launch_detached
+    from engine.runs.pipeline import run_pipeline
+    from engine.runs.run_dir import RunLock, launch_detached
     from studio.progress import RunProgress, summary_table
 
     verb = "resuming" if resume else "run"
@@ -68,13 +68,13 @@ def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from engine.runs import find_run
+    from engine.runs.run_dir import find_run
 
     return _execute(find_run(args.run, args.out_dir), resume=True, detach=args.detach)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from engine.runs import effective_state, find_run, read_status, request_stop
+    from engine.runs.run_dir import effective_state, find_run, read_status, request_stop
 
     run_dir = find_run(args.run, args.out_dir)
     state = effective_state(read_status(run_dir))
@@ -88,7 +88,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine.runs import list_runs, summarize
+    from engine.runs.run_dir import list_runs, summarize
     from studio.runs_table import runs_table
 
     summaries = [summarize(run_dir) for run_dir in list_runs(args.out_dir)]
@@ -100,7 +100,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from engine.runs import find_run
+    from engine.runs.run_dir import find_run
     from studio.logs_view import show_logs
 
     show_logs(find_run(args.run, args.out_dir), follow=args.follow, console=console)
@@ -112,9 +112,9 @@ CHAT_HELP = ("commands: /clear (forget the conversation), /system TEXT (set the 
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from engine.chat import ChatSession
-    from engine.generate import Sampling
-    from engine.reply import read_tool_specs
+    from engine.chat.reply import read_tool_specs
+    from engine.chat.session import ChatSession
+    from engine.model.generate import Sampling
     from studio.chat_console import print_reply, print_tools_command
 
     tools = read_tool_specs(args.tools) if args.tools else None  # a bad file fails before the slow model load
@@ -151,7 +151,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.checkpoint_lookup import resolve_checkpoint
+    from engine.checkpoints.lookup import resolve_checkpoint
     from studio import exporter
 
     dtype = exporter.check_dtype(args.format, args.dtype)
@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
-    from engine.sample import sample_jsonl
+    from engine.data.sample import sample_jsonl
 
     report = sample_jsonl(Path(args.input), Path(args.output), args.target_mb, args.seed)
     mib = 1024 * 1024
@@ -173,9 +173,9 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from engine.calibrate import calibrate, detect_target
     from engine.config import load_preset
-    from engine.estimate import data_size, estimate_stage, parse_bytes
+    from engine.hardware.estimate import data_size, estimate_stage, parse_bytes
+    from engine.train.calibrate import calibrate, detect_target
     from studio.estimate_view import estimate_renderable, estimate_title
 
     preset = load_preset(args.preset, list(args.set or []))

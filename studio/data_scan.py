@@ -8,9 +8,10 @@ the run would use, and the record browser highlights the characters the SFT loss
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.text import Text
 
@@ -58,7 +59,7 @@ def detect_kind(path: Path) -> str:
 
 
 def scan_file(path: Path, kind: str | None = None, keep: int = BROWSE_RECORDS) -> DataReport:
-    from engine.jsonl import ReadStats, iter_jsonl
+    from engine.data.jsonl import ReadStats, iter_jsonl
 
     path = Path(path)
     kind = kind or detect_kind(path)
@@ -73,8 +74,8 @@ def scan_file(path: Path, kind: str | None = None, keep: int = BROWSE_RECORDS) -
 
 def default_render() -> Callable[[list[dict[str, Any]], list[dict[str, Any]] | None, bool], str]:
     """The built-in chat template through jinja2 set up as transformers does (no transformers import to browse)."""
-    from engine.sft_mask import template_render
-    from engine.tokenizer import BOS, CHAT_TEMPLATE, EOS
+    from engine.data.sft_mask import template_render
+    from engine.data.tokenizer import BOS, CHAT_TEMPLATE, EOS
 
     return template_render(CHAT_TEMPLATE, bos_token=BOS, eos_token=EOS)
 
@@ -84,8 +85,8 @@ def render_record(record: dict[str, Any], kind: str, render: Callable | None = N
 
     `render(messages, tools, add_generation_prompt)` is the run's template (default: the built-in one).
     """
-    from engine.messages import parse_conversation
-    from engine.sft_mask import SpanFinder
+    from engine.data.messages import parse_conversation
+    from engine.data.sft_mask import SpanFinder
 
     if kind == "pretrain":
         text = Text(bos + record.get("text", "") + eos)
@@ -99,8 +100,8 @@ def render_record(record: dict[str, Any], kind: str, render: Callable | None = N
 
 
 def token_lengths(tokenizer: Any, records: list[dict[str, Any]], kind: str) -> list[int]:
-    from engine.messages import parse_conversation
-    from engine.sft_mask import tokenizer_render
+    from engine.data.messages import parse_conversation
+    from engine.data.sft_mask import tokenizer_render
 
     if kind == "pretrain":
         texts = [r.get("text", "") for r in records]
@@ -116,7 +117,7 @@ def token_lengths(tokenizer: Any, records: list[dict[str, Any]], kind: str) -> l
 def length_stats(path: Path, kind: str, tokenizer: Any, tokenizer_dir: Path, max_seq_len: int,
                  limit: int = TOKENIZE_RECORDS) -> LengthStats:
     """Token lengths of the first `limit` records under `tokenizer` (loaded from tokenizer_dir)."""
-    from engine.jsonl import iter_jsonl
+    from engine.data.jsonl import iter_jsonl
 
     records = []
     for _, record in iter_jsonl(path, kind, on_bad_line="skip"):  # type: ignore[arg-type]
@@ -143,7 +144,7 @@ def run_tokenizers(runs_dir: Path) -> list[tuple[str, Path, dict[str, int]]]:
     """(run id, tokenizer dir, {"pretrain": max_seq_len, "sft": max_seq_len}) of runs that have a tokenizer."""
     from engine.config import load_preset
     from engine.errors import PresetError
-    from engine.runs import list_runs
+    from engine.runs.run_dir import list_runs
 
     found = []
     for run_dir in reversed(list_runs(runs_dir)):

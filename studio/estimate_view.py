@@ -1,5 +1,5 @@
 """Rich rendering of a pre-flight estimate, shared by `minimind-studio estimate` and the studio's launch
-preview. Pure formatting: the numbers come from engine/estimate.py (and engine/calibrate.py)."""
+preview. Pure formatting: the numbers come from engine/hardware/estimate.py (and engine/train/calibrate.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.config import Preset
-from engine.estimate import StageEstimate, Target, device_peak
-from engine.flops import count_parameters, flops_per_token
+from engine.hardware.estimate import StageEstimate, Target, device_peak
+from engine.hardware.flops import count_parameters, flops_per_token
 
 
 def human_bytes(count: float) -> str:

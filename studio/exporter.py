@@ -1,7 +1,7 @@
 """Exporting a checkpoint, shared by `minimind-studio export` and the studio's export dialog.
 
-The formats and their dtypes are named here rather than read from engine.export.EXPORT_DTYPES and
-engine.gguf_export.GGUF_DTYPES because both engine modules import torch, and the studio must start
+The formats and their dtypes are named here rather than read from engine.checkpoints.hf_export.EXPORT_DTYPES and
+engine.checkpoints.gguf_export.GGUF_DTYPES because both engine modules import torch, and the studio must start
 without it (tests/studio/test_export_modal.py holds the two lists equal). `write` and `run` import
 the engine and so must only ever run inside a thread worker or the CLI.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
-    from engine.checkpoint import Checkpoint
+    from engine.checkpoints.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,10 @@ def check_dtype(fmt: str, dtype: str | None) -> str:
 def write(ckpt: Checkpoint, fmt: str, dtype: str, out_dir: Path) -> Path:
     """Write ckpt in `fmt`; returns the .gguf file or the Hugging Face directory. Imports torch."""
     if fmt == "gguf":
-        from engine.gguf_export import export_gguf
+        from engine.checkpoints.gguf_export import export_gguf
 
         return export_gguf(ckpt, out_dir, dtype=dtype)
-    from engine.export import export_hf
+    from engine.checkpoints.hf_export import export_hf
 
     return export_hf(ckpt, out_dir, dtype=dtype)
 
@@ -103,7 +103,7 @@ def mib(path: Path) -> str:
 
 def run(request: ExportRequest) -> ExportResult:
     """The studio's export (thread worker only); the engine's refusals (MoE, tokenizer) raise ExportError."""
-    from engine.checkpoint import read_checkpoint
+    from engine.checkpoints.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(request.checkpoint)
     written = write(ckpt, request.fmt, check_dtype(request.fmt, request.dtype), request.out_dir)

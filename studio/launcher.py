@@ -1,7 +1,7 @@
 """The studio's single door to starting runs; tests monkeypatch these functions.
 
-`check`, `detect_target` and `estimate` import torch (engine.pipeline, engine.calibrate and
-engine.model) and so must only ever run inside a thread worker.
+`check`, `detect_target` and `estimate` import torch (engine.runs.pipeline, engine.train.calibrate and
+engine.model.transformer) and so must only ever run inside a thread worker.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from engine.config import Preset
 
-# engine.estimate is torch-free at import (its functions import engine.model), so start-up may load it.
-from engine.estimate import StageEstimate, Target
+# engine.hardware.estimate is torch-free at import (its functions import engine.model.transformer), so start-up may load it.
+from engine.hardware.estimate import StageEstimate, Target
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,14 @@ class LaunchEstimate:
 
 def check(preset: Preset, source: str) -> None:
     """The CLI's preflight (data files, tokenizer, from_weight checkpoints); raises PresetError."""
-    from engine.pipeline import preflight
+    from engine.runs.pipeline import preflight
 
     preflight(preset, source)
 
 
 def detect_target(preset: Preset) -> Target:
     """The device the run would use, its memory and peak, resolved as training resolves them."""
-    from engine.calibrate import detect_target as detect
+    from engine.train.calibrate import detect_target as detect
 
     return detect(preset)
 
@@ -57,7 +57,7 @@ def target_key(preset: Preset) -> tuple[str, str]:
 
 def estimate(preset: Preset, target: Target) -> LaunchEstimate:
     """Memory, fit and time of each training stage on target, as `minimind-studio estimate` computes them."""
-    from engine.estimate import data_size, estimate_stage
+    from engine.hardware.estimate import data_size, estimate_stage
     from studio.estimate_view import estimate_title
 
     stages = [stage for stage in preset.stages if stage != "tokenizer"]
@@ -67,7 +67,7 @@ def estimate(preset: Preset, target: Target) -> LaunchEstimate:
 
 def launch(preset: Preset) -> Path:
     """Create the run directory and start it detached; returns the run directory at once."""
-    from engine.runs import create_run, launch_detached
+    from engine.runs.run_dir import create_run, launch_detached
 
     run_dir = create_run(preset)
     launch_detached(run_dir)
@@ -76,7 +76,7 @@ def launch(preset: Preset) -> Path:
 
 def resume(run_dir: Path) -> int:
     """Continue a stopped, failed or crashed run detached; RunBusy if it is still alive."""
-    from engine.runs import RunLock, launch_detached
+    from engine.runs.run_dir import RunLock, launch_detached
 
     with RunLock(run_dir):  # refuse now, with a message, rather than start a process that exits at once
         pass

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Literal
 
 from textual.message import Message
 
-from engine.runs import RunSummary
+from engine.runs.run_dir import RunSummary
 from studio.run_watch import RunSnapshot
 
 if TYPE_CHECKING:  # payload types only: these modules (or what they import) are not needed to post a message
     from transformers import PreTrainedTokenizerBase
 
-    from engine.sample import SampleReport
+    from engine.data.sample import SampleReport
     from studio.data_scan import DataReport, LengthStats
     from studio.errors import ShownError
     from studio.exporter import ExportRequest, ExportResult
@@ -126,7 +126,7 @@ class ChatReady(Message):
     column: int
     path: Path
     step: int
-    mode: Literal["chat", "continue"]  # engine.chat.ChatSession.mode: "continue" for a pretrain checkpoint
+    mode: Literal["chat", "continue"]  # engine.chat.session.ChatSession.mode: "continue" for a pretrain checkpoint
     epoch: int = 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.run_state import RunState
-from engine.runs import RunSummary, list_runs, summarize
+from engine.runs.run_dir import RunSummary, list_runs, summarize
+from engine.runs.state import RunState
 
 
 def scan_runs(runs_dir: Path) -> list[RunSummary]:

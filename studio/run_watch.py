@@ -33,8 +33,8 @@ from engine.events import (
     format_event,
     read_events,
 )
-from engine.run_state import RunState
-from engine.runs import effective_state, read_status
+from engine.runs.run_dir import effective_state, read_status
+from engine.runs.state import RunState
 from studio.logs_view import tail_lines
 from studio.series import Ema, Series
 

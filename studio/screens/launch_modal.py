@@ -1,6 +1,6 @@
 """The last step before a launch: the preset's pre-flight estimate, then Launch or Cancel.
 
-Dismisses with True (launch) or False. Finding the device imports torch (engine.calibrate), so the
+Dismisses with True (launch) or False. Finding the device imports torch (engine.train.calibrate), so the
 estimate is made in a thread worker while the dialog says "estimating…"; the device found is kept in
 the caller's `targets` dict for the session, so a second launch answers at once. A preset that does
 not fit is said in red with the estimator's advice, and the button becomes "Launch anyway": the
@@ -22,7 +22,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from engine.config import Preset
-from engine.estimate import Target, device_peak
+from engine.hardware.estimate import Target, device_peak
 from studio import launcher
 from studio.errors import shown_error
 from studio.messages import EstimateFailed, EstimateReady

@@ -9,9 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-from engine.model import CausalLM
-from engine.pipeline import run_pipeline
-from engine.runs import create_run
+from engine.model.transformer import CausalLM
+from engine.runs.pipeline import run_pipeline
+from engine.runs.run_dir import create_run
 
 
 def main(corpus_dir: str, work_dir: str, steps: int, leak: bool) -> None:

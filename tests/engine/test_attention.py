@@ -1,22 +1,22 @@
-"""The two causal attention kernels and the measured choice between them (engine/attention.py)."""
+"""The two causal attention kernels and the measured choice between them (engine/model/attention.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine import attention
-from engine.attention import (
+from engine.config import ModelConfig
+from engine.hardware.estimate import Target, training_memory
+from engine.hardware.flops import MATMUL_ATTENTION_MAX_BYTES
+from engine.hardware.tuning import TuningRecord
+from engine.model import attention
+from engine.model.attention import (
     AttentionShape,
     choose_kernel,
     matmul_causal_attention,
     sdpa_causal_attention,
 )
-from engine.config import ModelConfig
-from engine.estimate import Target, training_memory
-from engine.flops import MATMUL_ATTENTION_MAX_BYTES
-from engine.model import CausalLM
-from engine.tuning import TuningRecord
+from engine.model.transformer import CausalLM
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4), (8, 1)])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cache_build import default_workers, line_ranges
+from engine.data.cache_build import default_workers, line_ranges
+from engine.data.token_cache import build_token_cache
+from engine.data.tokenizer import train_tokenizer
 from engine.errors import DataError
-from engine.token_cache import build_token_cache
-from engine.tokenizer import train_tokenizer
 from tests.engine.chat_fixtures import (
     RECORDS,
     corpus_texts,
@@ -91,7 +91,7 @@ def test_progress_reaches_the_file_size(tmp_path, tok_dirs) -> None:
     for workers, cache in ((1, "one"), (2, "many")):
         seen: list[tuple[int, int]] = []
         build_token_cache(path, tok_dirs["builtin"], "pretrain", tmp_path / cache, batch_size=50, workers=workers,
-                          range_bytes=4096, progress=lambda done, total: seen.append((done, total)))
+                          range_bytes=4096, progress=lambda done, total, seen=seen: seen.append((done, total)))
         assert len(seen) > 1 and seen[-1] == (size, size) and all(total == size for _, total in seen)
         assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 

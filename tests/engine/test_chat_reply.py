@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.reply import (
+from engine.chat.reply import (
     ReplyParser,
     ToolCall,
     ToolSpecError,
@@ -94,8 +94,8 @@ def test_tool_specs_file_errors_are_one_line(tmp_path: Path) -> None:
 def test_session_renders_tools_and_keeps_calls_without_reasoning(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards against tool specs never reaching the prompt's system turn, and against the session's
     history keeping the reasoning of a streamed reply (or losing its tool call)."""
-    import engine.chat
-    from engine.chat import ChatSession, exact_match
+    import engine.chat.session
+    from engine.chat.session import ChatSession, exact_match
 
     session = ChatSession.open(trained_run)
     assert session.mode == "chat"
@@ -104,7 +104,7 @@ def test_session_renders_tools_and_keeps_calls_without_reasoning(trained_run: Pa
     session.tools = [{"name": "add", "parameters": {"type": "object"}}]
     prompt = session.tokenizer.decode(session.prompt_ids("2 plus 3?"))
     assert '# Tools\n<tools>\n{"name": "add", "parameters": {"type": "object"}}\n</tools>' in prompt
-    monkeypatch.setattr(engine.chat, "stream_text", lambda tokenizer, tokens: iter([REPLY[:9], REPLY[9:40], REPLY[40:]]))
+    monkeypatch.setattr(engine.chat.session, "stream_text", lambda tokenizer, tokens: iter([REPLY[:9], REPLY[9:40], REPLY[40:]]))
     assert session.answer("2 plus 3?") == REPLY  # the stream itself is raw: the caller splits it
     assert session.history == [{"role": "user", "content": "2 plus 3?"}, parse_reply(REPLY).assistant_message()]
     follow_up = session.tokenizer.decode(session.prompt_ids("and now?"))
@@ -118,8 +118,8 @@ def test_clear_while_a_reply_streams_keeps_the_turn_out_of_the_new_conversation(
     afterwards, put the cleared question and its partial answer back into the history (the model then
     answered the next question in a conversation the user had wiped), both when the stream runs to its
     end after the clear and when it is closed early (the studio's stop)."""
-    from engine.chat import ChatSession
-    from engine.generate import Sampling
+    from engine.chat.session import ChatSession
+    from engine.model.generate import Sampling
 
     session = ChatSession.open(trained_run)
     assert session.mode == "chat"

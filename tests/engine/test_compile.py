@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import compile_policy
-from engine.compile_policy import COMPILE_PAYS_BACK_S, TRIAL_STEPS, decide
-from engine.pipeline import run_pipeline
-from engine.runs import create_run
-from engine.tuning import TuningRecord
+from engine.hardware.tuning import TuningRecord
+from engine.runs.pipeline import run_pipeline
+from engine.runs.run_dir import create_run
+from engine.train import compile_policy
+from engine.train.compile_policy import COMPILE_PAYS_BACK_S, TRIAL_STEPS, decide
 
 
 def broken_compile(model, *args, **kwargs):
@@ -120,7 +120,7 @@ def test_errors_after_a_successful_compiled_call_are_not_swallowed():
                 raise RuntimeError("out of memory")
             return x
 
-    from engine.compile_policy import CompiledForward
+    from engine.train.compile_policy import CompiledForward
 
     warnings: list[str] = []
     forward = CompiledForward(Flaky(), "eager", note=lambda m, f: None, warn=warnings.append)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-import engine.tokenizer as tokenizer_module
-from engine.blocks import (
+import engine.data.tokenizer as tokenizer_module
+from engine.data.blocks import (
     IGNORE_INDEX,
     EpochSampler,
     PretrainBlocks,
@@ -21,10 +21,10 @@ from engine.blocks import (
     pack_sequential,
     split_indices,
 )
+from engine.data.jsonl import ReadStats, iter_jsonl
+from engine.data.token_cache import TokenCache, build_token_cache
+from engine.data.tokenizer import load_tokenizer, train_tokenizer
 from engine.errors import DataError
-from engine.jsonl import ReadStats, iter_jsonl
-from engine.token_cache import TokenCache, build_token_cache
-from engine.tokenizer import load_tokenizer, train_tokenizer
 
 WORDS = "the model learns 我们 喜欢 机器 学习 to predict next token 你好 世界 quickly".split()
 

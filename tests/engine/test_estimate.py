@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from engine.calibrate import calibrate
 from engine.config import load_preset
 from engine.errors import EngineError
-from engine.estimate import (
+from engine.hardware.estimate import (
     CPU_FRAMEWORK_BYTES,
     Target,
     device_peak,
@@ -20,7 +19,8 @@ from engine.estimate import (
     parse_bytes,
     training_memory,
 )
-from engine.gpus import find_gpu
+from engine.hardware.gpus import find_gpu
+from engine.train.calibrate import calibrate
 
 SMALL = ["model.hidden_size=192", "model.num_hidden_layers=3", "model.num_attention_heads=6",
          "model.num_key_value_heads=2", "model.vocab_size=3000"]

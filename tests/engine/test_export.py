@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.chat import ChatSession, load_model
-from engine.checkpoint_lookup import resolve_checkpoint
+from engine.chat.session import ChatSession, load_model
+from engine.checkpoints.hf_export import ExportError, export_hf
+from engine.checkpoints.lookup import resolve_checkpoint
 from engine.config import ModelConfig
-from engine.export import ExportError, export_hf
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_cli_export_and_missing_checkpoint_error(trained_run: Path, tmp_path: Pa
 
 def test_a_stopped_reply_keeps_the_partial_turn(trained_run: Path) -> None:
     """Guards against a reply stopped by the user vanishing from the conversation the model sees next."""
-    from engine.generate import Sampling
+    from engine.model.generate import Sampling
 
     session = ChatSession.open(trained_run)
     stream = session.reply("1 plus 2?", Sampling(temperature=1.0, max_new_tokens=50, seed=0))
@@ -133,9 +133,9 @@ def test_exported_tokenizer_renders_tools_calls_results_and_reasoning(trained_ru
     must get from AutoTokenizer the same text its SFT cache was rendered from."""
     from transformers import AutoTokenizer
 
-    from engine.messages import parse_conversation
-    from engine.sft_mask import SpanFinder, tokenizer_render
-    from engine.tokenizer import load_tokenizer
+    from engine.data.messages import parse_conversation
+    from engine.data.sft_mask import SpanFinder, tokenizer_render
+    from engine.data.tokenizer import load_tokenizer
     from tests.engine.chat_fixtures import RECORDS, minimind_messages
 
     hf = AutoTokenizer.from_pretrained(exported)

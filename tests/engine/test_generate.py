@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.config import ModelConfig
-from engine.generate import (
+from engine.model.generate import (
     DecodeStep,
     Sampling,
     apply_repetition_penalty,
@@ -15,7 +15,7 @@ from engine.generate import (
     sample_next_token,
     stream_text,
 )
-from engine.model import CausalLM
+from engine.model.transformer import CausalLM
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_repetition_penalty_and_greedy() -> None:
 
 def test_stream_text_never_splits_a_character(trained_run) -> None:
     """Guards against half a Chinese character (a byte-level token) reaching the screen as '\ufffd'."""
-    from engine.tokenizer import load_tokenizer
+    from engine.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(trained_run / "tokenizer")
     text = "猫和狗 cat 红色🙂"

@@ -18,14 +18,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.chat import load_model
-from engine.checkpoint import Checkpoint, read_checkpoint
-from engine.checkpoint_lookup import resolve_checkpoint
+from engine.chat.session import load_model
+from engine.checkpoints.checkpoint import Checkpoint, read_checkpoint
+from engine.checkpoints.gguf_export import GGUF_DTYPES, export_gguf, storage_type
+from engine.checkpoints.gguf_vocab import GPT2_SPLIT_REGEX
+from engine.checkpoints.hf_export import ExportError, export_hf
+from engine.checkpoints.lookup import resolve_checkpoint
 from engine.config import ModelConfig
-from engine.export import ExportError, export_hf
-from engine.gguf_export import GGUF_DTYPES, export_gguf, storage_type
-from engine.gguf_vocab import GPT2_SPLIT_REGEX
-from engine.tokenizer import load_tokenizer
+from engine.data.tokenizer import load_tokenizer
 
 F32, F16, BF16, Q8_0 = (gguf.GGMLQuantizationType[n] for n in ("F32", "F16", "BF16", "Q8_0"))
 
@@ -44,8 +44,8 @@ def exports(ckpt: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> dict[
 @pytest.fixture(scope="module")
 def wide_export(ckpt: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model whose vocab_size exceeds its tokenizer's (as the tiny preset's 1536 vs ~1340 ids), exported."""
-    from engine.checkpoint import save_checkpoint
-    from engine.model import CausalLM
+    from engine.checkpoints.checkpoint import save_checkpoint
+    from engine.model.transformer import CausalLM
 
     root = tmp_path_factory.mktemp("wide")
     config = ModelConfig(**{**ckpt.state["model"], "vocab_size": ckpt.model_config.vocab_size + 40})

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.kernels import linear_cross_entropy, rms_norm, swiglu_down
+from engine.model.kernels import linear_cross_entropy, rms_norm, swiglu_down
 
 
 def reference_rms_norm(x, weight, eps):

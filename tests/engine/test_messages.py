@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from engine.data.jsonl import ReadStats, iter_jsonl
+from engine.data.messages import RecordProblem, parse_conversation
+from engine.data.token_cache import build_token_cache
 from engine.errors import DataError
-from engine.jsonl import ReadStats, iter_jsonl
-from engine.messages import RecordProblem, parse_conversation
-from engine.token_cache import build_token_cache
 from tests.engine.chat_fixtures import (
     CALC,
     RECORDS,

@@ -6,18 +6,18 @@ import json
 
 import pytest
 
-from engine import peak
-from engine.cpu import (
+from engine.events import mfu_text, parse_event
+from engine.hardware import peak
+from engine.hardware.cpu import (
     CpuInfo,
     describe_cpu,
     flops_per_cycle,
     isa_peak_estimate_tflops,
     parse_cpuinfo,
 )
-from engine.events import mfu_text, parse_event
-from engine.peak import MfuMeter, Peak
-from engine.pipeline import run_pipeline
-from engine.runs import create_run
+from engine.hardware.peak import MfuMeter, Peak
+from engine.runs.pipeline import run_pipeline
+from engine.runs.run_dir import create_run
 
 AMD = """processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2600.000
 flags\t\t: fpu sse sse2 avx2 fma avx512f avx512_vnni avx512_bf16\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n"""

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.data.token_cache import build_token_cache
+from engine.data.tokenizer import adopt_tokenizer, load_tokenizer
 from engine.errors import PresetError
 from engine.events import iter_events
-from engine.pipeline import preflight, run_pipeline
-from engine.runs import create_run
-from engine.token_cache import build_token_cache
-from engine.tokenizer import adopt_tokenizer, load_tokenizer
+from engine.runs.pipeline import preflight, run_pipeline
+from engine.runs.run_dir import create_run
 from tests.engine.chat_fixtures import RECORDS, make_minimind_style_dir, write_jsonl
 from tests.support.presets import preset_factory
 

@@ -1,4 +1,4 @@
-"""engine/model.py: the decoder's maths, its cache, its loss and its Hugging Face compatibility."""
+"""engine/model/transformer.py: the decoder's maths, its cache, its loss and its Hugging Face compatibility."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
-from engine.model import CausalLM, count_parameters, flops_per_token
+from engine.model.transformer import CausalLM, count_parameters, flops_per_token
 
 VOCAB = 97
 

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from engine.checkpoint import read_checkpoint
+from engine.checkpoints.checkpoint import read_checkpoint
 from engine.config import PROJECT_ROOT, save_preset
 from engine.events import iter_events, read_events
-from engine.pipeline import run_pipeline
-from engine.run_state import RunState
-from engine.runs import (
+from engine.runs.pipeline import run_pipeline
+from engine.runs.run_dir import (
     RunLock,
     create_run,
     effective_state,
@@ -28,6 +27,7 @@ from engine.runs import (
     new_run_id,
     read_status,
 )
+from engine.runs.state import RunState
 from tests.support.wait import wait_until
 
 CLI = [sys.executable, "-m", "studio.cli"]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.sample import sample_jsonl
+from engine.data.sample import sample_jsonl
 
 
 def make_file(path: Path, n: int = 500) -> list[str]:

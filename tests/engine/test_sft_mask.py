@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.messages import parse_conversation
-from engine.sft_mask import (
+from engine.data.messages import parse_conversation
+from engine.data.sft_mask import (
     SpanFinder,
     TurnShape,
     locate_turns,
@@ -14,8 +14,8 @@ from engine.sft_mask import (
     template_render,
     tokenizer_render,
 )
-from engine.token_cache import build_token_cache
-from engine.tokenizer import BOS, EOS, load_tokenizer, train_tokenizer
+from engine.data.token_cache import build_token_cache
+from engine.data.tokenizer import BOS, EOS, load_tokenizer, train_tokenizer
 from tests.engine.chat_fixtures import (
     RECORDS,
     corpus_texts,

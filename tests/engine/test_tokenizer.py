@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from engine.errors import DataError, PresetError
-from engine.tokenizer import (
+from engine.data.tokenizer import (
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
     adopt_tokenizer,
@@ -19,6 +18,7 @@ from engine.tokenizer import (
     tokenizer_vocab_size,
     train_tokenizer,
 )
+from engine.errors import DataError, PresetError
 
 WORDS_EN = "the model learns to predict the next token from small data quickly".split()
 WORDS_ZH = ["我们", "喜欢", "机器", "学习", "模型", "数据", "训练", "你好", "世界"]

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from engine import tracking
 from engine.config import Preset, preset_from_dict
 from engine.events import (
     CheckpointEvent,
@@ -32,7 +31,8 @@ from engine.events import (
     iter_events,
     parse_event,
 )
-from engine.tracking import SwanlabTracker, event_metrics
+from engine.runs import tracking
+from engine.runs.tracking import SwanlabTracker, event_metrics
 from tests.support.fake_runs import step_fields
 from tests.support.wait import wait_until
 
@@ -122,7 +122,7 @@ def test_disabled_returns_none_and_never_imports_swanlab(tmp_path: Path) -> None
         from pathlib import Path
         from engine.config import preset_from_dict
         from engine.events import EventLog
-        from engine.tracking import SwanlabTracker
+        from engine.runs.tracking import SwanlabTracker
         preset = preset_from_dict({"name": "trk"})
         assert preset.tracking.swanlab.mode == "disabled"
         assert SwanlabTracker.create(preset, Path("run"), EventLog()) is None
@@ -225,7 +225,7 @@ CLOUD_SCRIPT = """
     from pathlib import Path
     from engine.config import preset_from_dict
     from engine.events import EventLog
-    from engine.tracking import SwanlabTracker
+    from engine.runs.tracking import SwanlabTracker
     events = []
     preset = preset_from_dict({"name": "trk", "tracking": {"swanlab": {"mode": "cloud"}}})
     start = time.perf_counter()

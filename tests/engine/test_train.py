@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.checkpoint import list_checkpoints, read_checkpoint
+from engine.checkpoints.checkpoint import list_checkpoints, read_checkpoint
 from engine.config import TrainStage
 from engine.errors import CheckpointError
 from engine.events import Event, iter_events
-from engine.pipeline import run_pipeline
-from engine.runs import create_run, read_status, request_stop
-from engine.train import NonFiniteLoss
-from engine.train_step import lr_at
+from engine.runs.pipeline import run_pipeline
+from engine.runs.run_dir import create_run, read_status, request_stop
+from engine.train.loop import NonFiniteLoss
+from engine.train.step import lr_at
 
 
 def step_losses(run_dir: Path, stage: str = "pretrain") -> dict[int, float]:
@@ -122,7 +122,7 @@ def test_keeps_only_the_last_n_checkpoints(make_preset) -> None:
 
 def test_non_finite_loss_fails_with_advice_and_keeps_last_good_checkpoint(make_preset, monkeypatch) -> None:
     """Guards against a NaN run training on (wasting hours) or destroying its last good checkpoint."""
-    from engine.model import CausalLM
+    from engine.model.transformer import CausalLM
 
     real_forward = CausalLM.forward
     calls = [0]
@@ -163,7 +163,7 @@ def test_sft_only_run_takes_tokenizer_from_its_starting_checkpoint(make_preset) 
 def test_preflight_names_the_field_of_a_missing_input(make_preset, tmp_path) -> None:
     """Guards against a launch that creates a run dir and then dies on a missing file deep in a stage."""
     from engine.errors import PresetError
-    from engine.pipeline import preflight
+    from engine.runs.pipeline import preflight
 
     with pytest.raises(PresetError, match=r"x.toml: pretrain.data_path = '/nope.jsonl': file not found"):
         preflight(make_preset(pretrain={"data_path": "/nope.jsonl"}), "x.toml")
@@ -199,10 +199,10 @@ def test_a_token_cache_build_reports_its_progress(make_preset, monkeypatch):
     runtime.data_workers must reach the build (its parallel result is tested in test_cache_build.py)."""
     import json as _json
 
-    from engine import stage_data
     from engine.events import parse_event
-    from engine.pipeline import run_pipeline
-    from engine.runs import create_run
+    from engine.runs.pipeline import run_pipeline
+    from engine.runs.run_dir import create_run
+    from engine.train import stage_data
 
     asked = []
     real_build = stage_data.build_token_cache

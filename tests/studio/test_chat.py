@@ -7,7 +7,7 @@ from pathlib import Path
 from textual.message import Message
 from textual.widgets import Input, Select
 
-from engine.reply import parse_reply
+from engine.chat.reply import parse_reply
 from studio.app import StudioApp
 from studio.messages import ChatDone, ChatPiece
 from studio.screens.error_modal import ErrorModal
@@ -74,7 +74,7 @@ async def test_side_by_side_uses_one_seed_and_errors_open_a_modal(trained_run: P
 
 
 class EndlessSession:
-    """Stands in for engine.chat.ChatSession: an answer that never ends unless stopped."""
+    """Stands in for engine.chat.session.ChatSession: an answer that never ends unless stopped."""
 
     mode = "chat"
 

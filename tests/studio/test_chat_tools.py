@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from textual.widgets import Input
 
-from engine.reply import parse_reply
+from engine.chat.reply import parse_reply
 from studio.app import StudioApp
 from studio.chat_console import print_reply, tools_command
 from studio.widgets.chat.chat_log import ChatLog
@@ -22,7 +22,7 @@ PIECES = [REPLY[i:i + 4] for i in range(0, len(REPLY), 4)]  # tags cut across pi
 
 
 class ScriptedSession:
-    """Stands in for engine.chat.ChatSession: streams REPLY in fixed pieces and records the tools it got."""
+    """Stands in for engine.chat.session.ChatSession: streams REPLY in fixed pieces and records the tools it got."""
 
     mode = "chat"
 

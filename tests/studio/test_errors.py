@@ -12,7 +12,7 @@ from textual.widgets import Collapsible, Static
 
 from engine.config import PROJECT_ROOT, load_preset
 from engine.errors import PresetError
-from engine.runs import process_start_time, write_status
+from engine.runs.run_dir import process_start_time, write_status
 from studio import launcher
 from studio.app import StudioApp
 from studio.errors import BUG_NOTE, shown_error

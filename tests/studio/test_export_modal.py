@@ -56,9 +56,9 @@ async def wait_for_export(pilot, posted: list[Message]) -> None:
 
 def test_the_dialog_offers_the_engines_dtypes() -> None:
     """Guards against the studio's dtype menus (kept apart so the studio starts without torch) drifting
-    from what engine.export and engine.gguf_export accept."""
-    from engine.export import EXPORT_DTYPES
-    from engine.gguf_export import GGUF_DTYPES
+    from what engine.checkpoints.hf_export and engine.checkpoints.gguf_export accept."""
+    from engine.checkpoints.gguf_export import GGUF_DTYPES
+    from engine.checkpoints.hf_export import EXPORT_DTYPES
 
     assert exporter.FORMATS["hf"].dtypes == tuple(EXPORT_DTYPES)
     assert exporter.FORMATS["gguf"].dtypes == GGUF_DTYPES

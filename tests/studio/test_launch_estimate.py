@@ -10,7 +10,7 @@ import pytest
 from textual.widgets import Button, Select, Static
 
 from engine.config import Preset
-from engine.estimate import GiB, Target
+from engine.hardware.estimate import GiB, Target
 from studio import launcher
 from studio.app import StudioApp
 from studio.screens.launch_modal import ESTIMATING, LaunchModal
@@ -99,7 +99,7 @@ async def test_estimate_is_shown_before_the_run_is_created_then_launch_starts_it
 
 async def test_cancel_creates_no_run_and_the_real_device_is_detected_once(runs_dir: Path, calls, monkeypatch,
                                                                          tmp_path: Path) -> None:
-    """Guards against Cancel still launching, the real device detection (engine.calibrate, torch) failing
+    """Guards against Cancel still launching, the real device detection (engine.train.calibrate, torch) failing
     inside the studio's worker, and detecting the device again (seconds) on every launch."""
     cwd = tmp_path / "cwd"  # the CPU's measured peak is cached under runtime.cache_dir (runs/.cache), not here
     cwd.mkdir()

@@ -14,7 +14,7 @@ from engine.config import (
     preset_from_dict,
 )
 from engine.errors import PresetError
-from engine.estimate import GiB, Target
+from engine.hardware.estimate import GiB, Target
 from studio import launcher
 from studio.app import StudioApp
 from studio.screens.confirm_modal import ConfirmModal

@@ -7,8 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from engine.config import PROJECT_ROOT, load_preset, parse_override
-from engine.run_state import RunState
-from engine.runs import RunSummary
+from engine.runs.run_dir import RunSummary
+from engine.runs.state import RunState
 from studio.preset_form import (
     cli_command,
     cli_value,

@@ -42,8 +42,8 @@ def preset_factory(corpus: tuple[Path, Path], root: Path) -> Callable[..., Prese
 def train_run(corpus: tuple[Path, Path], root: Path) -> Path:
     """A finished tokenizer -> pretrain (30 steps) -> sft (20 steps) run of the tiny preset, alone in
     root/runs (so its parent is a runs folder the studio and the CLI can list)."""
-    from engine.pipeline import run_pipeline
-    from engine.runs import create_run
+    from engine.runs.pipeline import run_pipeline
+    from engine.runs.run_dir import create_run
 
     run_dir = create_run(preset_factory(corpus, root)(pretrain={"max_steps": 30}, sft={"max_steps": 20}))
     run_pipeline(run_dir)

@@ -21,7 +21,7 @@ from pathlib import Path
 def main(run_dir: str, stall_at: int, marker: Path) -> int:
     from safetensors.torch import save
 
-    import engine.checkpoint as checkpoint
+    import engine.checkpoints.checkpoint as checkpoint
     from engine.__main__ import main as run
 
     real_save_file = checkpoint.save_file

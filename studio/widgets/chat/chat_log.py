@@ -1,6 +1,6 @@
 """One conversation column: user turns and streamed replies, scrolled to the newest.
 
-A reply is split as it streams (engine.reply, pure Python): reasoning in a dim block above the answer,
+A reply is split as it streams (engine.chat.reply, pure Python): reasoning in a dim block above the answer,
 each tool call in its own line below it, so thinking never reads as the answer.
 """
 
@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine.reply import ReplyParser, ToolCall
+from engine.chat.reply import ReplyParser, ToolCall
 
 
 class ChatLog(VerticalScroll):

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Collapsible, Input, Label, Select, Static
 
-from engine.reply import ToolSpecError, read_tool_specs
+from engine.chat.reply import ToolSpecError, read_tool_specs
 from studio.chat_console import tool_names
 from studio.checkpoint_list import list_checkpoint_choices
 from studio.messages import ChatDone, ChatPiece, ChatReady
@@ -124,7 +124,7 @@ class ChatPane(Pane):
     # ---- sending
 
     def sampling_values(self) -> dict[str, Any]:
-        """engine.generate.Sampling fields read from the inputs (on the UI thread; workers get the dict)."""
+        """engine.model.generate.Sampling fields read from the inputs (on the UI thread; workers get the dict)."""
         values: dict[str, Any] = {}
         for ident, label, default, kind in SAMPLING_FIELDS:
             if ident == "seed":
@@ -220,7 +220,7 @@ class ChatPane(Pane):
     def _session(self, column: int, path: Path, epoch: int) -> Any:
         """The column's ChatSession for `path`, loaded on first use (worker thread: torch imports here)."""
         if self.loaded.get(column) != path:
-            from engine.chat import ChatSession
+            from engine.chat.session import ChatSession
 
             session = ChatSession.open(str(path), str(self.studio_app.runs_dir), device=self.device)
             self.sessions[column], self.loaded[column] = session, path
@@ -231,7 +231,7 @@ class ChatPane(Pane):
     def _reply(self, column: int, path: Path, text: str, sampling: dict[str, Any], system: str | None,
                tools: list[dict[str, Any]] | None = None, epoch: int = 0) -> None:
         try:
-            from engine.generate import (
+            from engine.model.generate import (
                 Sampling,  # torch: only ever imported here, in the worker
             )
 

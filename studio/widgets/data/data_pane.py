@@ -162,7 +162,7 @@ class DataPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="data-tokens", name="measuring token lengths")
     def _tokenize(self, path: Path, kind: str, directory: Path, max_seq_len: int) -> None:
-        from engine.tokenizer import load_tokenizer
+        from engine.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(directory)
         self.post_message(TokenStats(length_stats(path, kind, tokenizer, directory, max_seq_len), tokenizer))
@@ -198,7 +198,7 @@ class DataPane(Pane):
         render = None
         bos, eos = "<s>", "</s>"
         if self.tokenizer is not None:
-            from engine.sft_mask import tokenizer_render
+            from engine.data.sft_mask import tokenizer_render
 
             tok = self.tokenizer
             render = tokenizer_render(tok)
@@ -236,7 +236,7 @@ class DataPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="data-sample", name="down-sampling")
     def _sample(self, src: Path, dst: Path, target_mb: float, seed: int) -> None:
-        from engine.sample import sample_jsonl
+        from engine.data.sample import sample_jsonl
 
         self.post_message(SampleWritten(sample_jsonl(src, dst, target_mb, seed)))
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from engine.events import CacheProgressEvent
-from engine.run_state import RunState
+from engine.runs.state import RunState
 from studio.display import state_colour, state_style
 from studio.run_watch import RunSnapshot
 

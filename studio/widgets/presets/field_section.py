@@ -3,7 +3,8 @@ mounting all ~80 fields up front took most of a second, and most sections stay c
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from textual.widget import AwaitMount
 from textual.widgets import Collapsible, Static

@@ -20,13 +20,13 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker
 
 from engine.errors import ResourceError
-from engine.run_state import RunState
-from engine.runs import (
+from engine.runs.run_dir import (
     RunSummary,
     effective_state,
     read_status,
     request_stop,
 )
+from engine.runs.state import RunState
 from studio import exporter, launcher
 from studio.checkpoint_list import list_checkpoint_choices
 from studio.display import state_text
@@ -156,7 +156,7 @@ class RunsPane(Pane):
         row = self.current()
         text = ""
         if row is not None:
-            from engine.runs import read_status
+            from engine.runs.run_dir import read_status
 
             status = read_status(row.run_dir)
             reason = status.get("exit_reason")

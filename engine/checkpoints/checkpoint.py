@@ -1,0 +1,172 @@
+"""Checkpoints that carry their own meaning, written so that a crash never leaves a broken one.
+
+Layout of one checkpoint (a directory):
+    model.safetensors      float32 master weights, Hugging Face Llama names (tied lm_head omitted)
+    trainer.safetensors    optimizer moments and RNG states (tensors only: loading runs no pickle)
+    state.json             stage, step, tokens seen, data position, optimizer hyper-parameters,
+                           model config, the preset, metrics
+    tokenizer/             the tokenizer the weights were trained with
+
+A checkpoint is built in a hidden temporary directory, flushed to disk, then renamed into place; only
+then does the stage's `latest` symlink move to it. So `latest` always names a complete checkpoint, and
+kill -9 at any moment leaves at worst an orphaned temporary directory that the next save removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.atomic import point_symlink, publish_dir
+from engine.config import ModelConfig
+from engine.data.tokenizer_files import copy_tokenizer
+from engine.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.model_validate(self.state["model"])
+
+    @property
+    def stage(self) -> str:
+        return self.state["stage"]
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        # Our checkpoints keep it in tokenizer/; a Hugging Face directory keeps the files beside the weights.
+        nested = self.path / "tokenizer"
+        return nested if nested.is_dir() else self.path
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors wants it: contiguous, float32 master copies, tied weights once."""
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
+
+
+def _optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    packed = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for index, slots in packed["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optim.{index}.{slot}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+    return tensors, {"param_groups": packed["param_groups"]}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = rng
+    return tensors
+
+
+def save_checkpoint(
+    stage_dir: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    tokenizer_dir: Path,
+    keep: int,
+) -> Path:
+    """Write checkpoints/<stage>/step_NNNNNN atomically, move `latest` to it, prune old ones."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    final = stage_dir / f"step_{state['step']:06d}"
+    tmp = stage_dir / f".{final.name}.tmp-{os.getpid()}"
+    _remove_stale_temporaries(stage_dir)
+    tmp.mkdir()
+    save_file(model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    trainer = _rng_tensors()
+    state = {**state, "format": FORMAT_VERSION, "saved_at": time.time(), "torch_version": torch.__version__}
+    if optimizer is not None:
+        optim_tensors, optim_meta = _optimizer_payload(optimizer)
+        trainer.update(optim_tensors)
+        state["optimizer"] = optim_meta
+    save_file(trainer, str(tmp / "trainer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
+    publish_dir(tmp, final)  # replaces the same step saved before (a resume that re-saves it)
+    point_symlink(stage_dir / "latest", final.name)
+    prune_checkpoints(stage_dir, keep)
+    return final
+
+
+def _remove_stale_temporaries(stage_dir: Path) -> None:
+    for leftover in stage_dir.glob(".step_*.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def list_checkpoints(stage_dir: Path) -> list[Path]:
+    """Complete checkpoints of a stage, oldest first."""
+    if not stage_dir.is_dir():
+        return []
+    return sorted(p for p in stage_dir.glob("step_*") if (p / "state.json").is_file())
+
+
+def prune_checkpoints(stage_dir: Path, keep: int) -> None:
+    latest = (stage_dir / "latest").resolve()
+    for old in list_checkpoints(stage_dir)[:-keep]:
+        if old.resolve() != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    state_file = path / "state.json"
+    if not state_file.is_file() or not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no state.json/model.safetensors)")
+    return Checkpoint(path=path.resolve(), state=json.loads(state_file.read_text(encoding="utf-8")))
+
+
+def latest_checkpoint(stage_dir: Path) -> Checkpoint | None:
+    link = stage_dir / "latest"
+    if link.exists():
+        return read_checkpoint(link)
+    done = list_checkpoints(stage_dir)
+    return read_checkpoint(done[-1]) if done else None
+
+
+def load_model_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
+    tensors = load_file(str(Path(ckpt_dir) / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    allowed_missing = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if set(missing) - allowed_missing or unexpected:
+        raise CheckpointError(f"{ckpt_dir}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+
+
+def restore_trainer_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer moments and RNG streams, so a resumed run continues bit-for-bit on the CPU."""
+    tensors = load_file(str(ckpt.path / "trainer.safetensors"))
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, slot = key.split(".", 2)
+            slots.setdefault(int(index), {})[slot] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": ckpt.state["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)

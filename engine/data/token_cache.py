@@ -1,0 +1,174 @@
+"""The pre-tokenized cache of a data file: built once, memory-mapped by every run that trains on it.
+
+The flow is jsonl (engine.data.jsonl) -> `build_token_cache` (tokenize once, stream to a flat token file keyed by the file's
+content and the tokenizer; SFT records are checked by engine.data.messages and masked by engine.data.sft_mask) ->
+`TokenCache` (memory-mapped) -> engine.data.blocks (fixed-shape training blocks and the resumable sampler).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from engine.atomic import publish_dir, write_json_atomic
+from engine.data.jsonl import Kind, skip_hint
+from engine.errors import DataError
+
+if TYPE_CHECKING:
+    from engine.data.cache_build import Progress
+
+# Bump when the cache layout or the tokenization rules change, so old caches are not reused.
+# 2: the full message schema (tools, tool calls, reasoning, tool results) and meaning-based SFT masks.
+CACHE_FORMAT_VERSION = 2
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """Content hash streamed in 1 MiB chunks (a renamed or touched file keeps its cache)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TokenCache:
+    """A built cache opened read-only with np.memmap: memory is bounded by the page cache, not the corpus."""
+
+    def __init__(self, directory: Path, from_cache: bool = False):
+        self.dir = Path(directory)
+        self.meta: dict[str, Any] = json.loads((self.dir / "meta.json").read_text(encoding="utf-8"))
+        self.from_cache = from_cache
+        self.offsets = np.load(self.dir / "offsets.npy")
+        self.tokens = self._map("tokens.bin", np.dtype(self.meta["dtype"]))
+        self.mask = self._map("mask.bin", np.dtype(np.uint8)) if self.meta["kind"] == "sft" else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into spawn-started DataLoader workers: send the folder, not a copy of the mapped corpus.
+        return {"directory": self.dir, "from_cache": self.from_cache}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"], state["from_cache"])
+
+    def _map(self, name: str, dtype: np.dtype) -> np.ndarray:
+        if self.meta["n_tokens"] == 0:  # mmap refuses empty files
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(self.dir / name, dtype=dtype, mode="r", shape=(self.meta["n_tokens"],))
+
+    @property
+    def kind(self) -> Kind:
+        return self.meta["kind"]
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    def doc(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.tokens[a:b], None if self.mask is None else self.mask[a:b]
+
+
+def cache_key(file_hash: str, tokenizer_fp: str, kind: Kind) -> str:
+    text = f"{file_hash}|{tokenizer_fp}|{kind}|v{CACHE_FORMAT_VERSION}"
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def build_token_cache(
+    data_path: str | Path,
+    tokenizer_dir: str | Path,
+    kind: Kind,
+    cache_dir: str | Path,
+    on_bad_line: Literal["error", "skip"] = "error",
+    batch_size: int = 1000,
+    stage: str | None = None,
+    workers: int | None = None,
+    range_bytes: int | None = None,
+    progress: Progress | None = None,
+) -> TokenCache:
+    """Tokenize `data_path` once into cache_dir/<key>/; later calls with the same content and tokenizer reuse it.
+
+    pretrain documents are <bos> text <eos>; SFT documents are the chat template's rendering with a loss
+    mask on what the assistant generates (engine.data.sft_mask). The cache is built in a temporary folder and
+    renamed into place with meta.json inside, so a crash never leaves a folder that looks complete. Errors
+    name the fields of preset section `stage` (default: `kind`, which is also the stage's name).
+
+    `workers` processes tokenize byte ranges of `range_bytes` in parallel (engine.data.cache_build; default: all
+    cores but one, one process below 64 MiB; ranges of up to 32 MiB, four per worker at least); the cache is
+    the same bytes for any number of workers.
+    `progress(bytes_done, bytes_total)` is called as the build advances.
+    """
+    # Imported here because both modules read jsonl through this one.
+    from engine.data.cache_build import RangeEncoder, default_workers, write_ranges
+    from engine.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    data_path, cache_dir, stage = Path(data_path), Path(cache_dir), stage or kind
+    key = cache_key(file_digest(data_path), tokenizer_fingerprint(tokenizer_dir), kind)
+    final = cache_dir / key
+    if (final / "meta.json").exists():
+        cache = TokenCache(final, from_cache=True)
+        skipped = cache.meta["stats"]["skipped_examples"]
+        if on_bad_line == "error" and skipped:  # built earlier in skip mode; do not hide the bad lines now
+            line_no, reason = skipped[0]
+            raise DataError(f"{data_path}:{line_no}: {reason}. {skip_hint(f'{stage}.on_bad_line')}.")
+        return cache
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(cache_dir, key)
+    tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    workers = workers or default_workers(data_path.stat().st_size)
+    vocab = len(tokenizer)
+    dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
+    encoder = RangeEncoder(tokenizer, kind, on_bad_line, skip_hint(f"{stage}.on_bad_line"), dtype, batch_size, data_path)
+    try:
+        stats, lengths, n_masked = write_ranges(encoder, tmp, Path(tokenizer_dir), workers, range_bytes, progress)
+        if stats.records == 0:
+            raise DataError(
+                f"{data_path}:1: no usable {kind} records ({stats.lines} non-blank lines, {stats.skipped} skipped). "
+                f"Point {stage}.data_path at a {kind} jsonl file."
+            )
+        if kind == "pretrain":
+            (tmp / "mask.bin").unlink()
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
+        np.save(tmp / "offsets.npy", offsets)
+        meta = {
+            "format_version": CACHE_FORMAT_VERSION, "kind": kind, "source_path": str(data_path.resolve()),
+            "source_bytes": data_path.stat().st_size, "vocab_size": vocab, "dtype": dtype.name, "n_docs": len(lengths),
+            "n_tokens": int(offsets[-1]), "n_loss_tokens": n_masked if kind == "sft" else None, "stats": stats.to_dict(),
+            "tokenizer_dir": str(Path(tokenizer_dir).resolve()), "workers": workers,
+            "build_seconds": round(time.perf_counter() - started, 3),
+        }
+        write_json_atomic(tmp / "meta.json", meta)  # last: its presence is what "complete" means
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists() and not (final / "meta.json").exists():  # an interrupted or foreign build: never trusted
+        shutil.rmtree(final)
+    # Another process may have finished the same cache meanwhile: theirs is as good as ours.
+    publish_dir(tmp, final, keep_existing=True)
+    return TokenCache(final, from_cache=False)
+
+
+def _remove_stale_tmp(cache_dir: Path, key: str) -> None:
+    """Delete half-built folders of this key left by processes that died (they can be gigabytes)."""
+    for path in cache_dir.glob(f".tmp-{key}-*"):
+        try:
+            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass

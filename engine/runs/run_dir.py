@@ -1,0 +1,301 @@
+"""The run directory: the only interface between a run and whoever watches it.
+
+    runs/<run-id>/
+      preset.toml      frozen copy of what was launched (paths made absolute)
+      status.json      replaced atomically on every change of state and at each heartbeat
+      events.jsonl     append-only event stream (engine.events)
+      train.log        the run's stdout/stderr when detached
+      control/stop     created by a user; the run checkpoints and exits cleanly
+      tokenizer/       stage 1 output
+      checkpoints/<stage>/step_NNNNNN/ and checkpoints/<stage>/latest
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine.atomic import write_json_atomic, write_text_atomic
+from engine.config import Preset, output_path, preset_to_toml, resolve_path
+from engine.errors import ResourceError
+from engine.runs.state import RunState
+
+# A live run refreshes heartbeat_at every HEARTBEAT_S; readers call it crashed when the process is gone
+# (same host) or, for a run on another host sharing the disk, when the heartbeat is older than STALE_S.
+HEARTBEAT_S = 5.0
+STALE_S = 60.0
+_status_lock = threading.Lock()  # the heartbeat thread and the training loop both update status.json
+
+
+def new_run_id(name: str, out_dir: Path, now: datetime | None = None) -> str:
+    """<UTC yyyymmdd-HHMMSS>-<name>, with -2, -3 ... when a run of that second already exists."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{name}"
+    run_id, n = base, 1
+    while (out_dir / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def freeze_paths(preset: Preset) -> Preset:
+    """Make every data/weight path absolute so the frozen preset works from any directory later."""
+    frozen = preset.model_copy(deep=True)
+    frozen.out_dir = str(output_path(preset.out_dir))
+    frozen.runtime.cache_dir = str(output_path(preset.runtime.cache_dir))
+    frozen.tokenizer.data_path = str(resolve_path(preset.tokenizer.data_path))
+    if preset.tokenizer.from_dir:
+        frozen.tokenizer.from_dir = str(resolve_path(preset.tokenizer.from_dir))
+    if preset.tracking.swanlab.logdir:
+        frozen.tracking.swanlab.logdir = str(output_path(preset.tracking.swanlab.logdir))
+    for stage in ("pretrain", "sft"):
+        section = frozen.stage(stage)
+        section.data_path = str(resolve_path(section.data_path))
+        if section.heldout_path:
+            section.heldout_path = str(resolve_path(section.heldout_path))
+        if section.from_weight and section.from_weight != "latest":
+            section.from_weight = str(resolve_path(section.from_weight))
+    return frozen
+
+
+def create_run(preset: Preset) -> Path:
+    """Make a fresh run directory holding the frozen preset; returns its path."""
+    frozen = freeze_paths(preset)
+    out_dir = Path(frozen.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_dir = out_dir / new_run_id(frozen.name, out_dir)
+        try:
+            run_dir.mkdir()  # atomic: two launches racing for the same id cannot both win
+            break
+        except FileExistsError:
+            continue
+    (run_dir / "control").mkdir()
+    write_text_atomic(run_dir / "preset.toml", preset_to_toml(frozen))
+    write_status(run_dir, state=RunState.QUEUED, preset=frozen.name, stage=None, step=0, total_steps=0)
+    return run_dir
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into status.json (atomic replace) and stamp the heartbeat."""
+    with _status_lock:
+        status = read_status(run_dir)
+        if not status:
+            status = {"run_id": run_dir.name, "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
+        status.update(fields)
+        status["heartbeat_at"] = time.time()
+        write_json_atomic(run_dir / "status.json", status)
+        return status
+
+
+def claim_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """The run process takes over status.json: its own pid, host and process start time."""
+    return write_status(run_dir, pid=os.getpid(), pid_started_at=process_start_time(os.getpid()),
+                        host=socket.gethostname(), **fields)
+
+
+def process_start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def process_alive(status: dict[str, Any]) -> bool:
+    """Is the process recorded in status alive? pid reuse is caught by comparing start times."""
+    started = process_start_time(int(status.get("pid", -1))) if status.get("pid") else None
+    if started is None:
+        return False
+    recorded = status.get("pid_started_at")
+    return recorded is None or abs(started - recorded) < 1.0
+
+
+def effective_state(status: dict[str, Any], now: float | None = None) -> RunState:
+    """The state to show: a live state whose process died without saying so (kill -9, reboot) is CRASHED."""
+    state = RunState.parse(status.get("state"))
+    if not state.live:
+        return state
+    age = (now or time.time()) - status.get("heartbeat_at", 0)
+    if state == RunState.QUEUED:  # the launcher's pid is recorded until the run process claims the status
+        return state if age < STALE_S else RunState.CRASHED
+    if status.get("host") == socket.gethostname():
+        return state if process_alive(status) else RunState.CRASHED
+    return state if age < STALE_S else RunState.CRASHED
+
+
+class RunBusy(ResourceError):
+    """The run directory is locked by a live process."""
+
+
+class RunLock:
+    """An exclusive flock on run_dir/lock held for the life of the run process.
+
+    The kernel drops an flock when its process dies, however it dies, so a lock is never stale; the
+    pid written inside is only for the message.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 100).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunBusy(f"run {self.path.parent.name} is already running (pid {holder}); "
+                          f"stop it first with: minimind-studio stop {self.path.parent.name}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class Heartbeat:
+    """A daemon thread that refreshes heartbeat_at while long steps, evals or tokenizer training run."""
+
+    def __init__(self, run_dir: Path, interval: float = HEARTBEAT_S) -> None:
+        self.run_dir, self.interval = run_dir, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                write_status(self.run_dir)
+            except OSError:
+                pass  # a full or vanished disk must not kill training from a side thread
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def launch_detached(run_dir: Path, resume: bool = False) -> int:
+    """Start the run in its own session (immune to the terminal's SIGHUP), stdin closed, output to
+    train.log. Returns the pid at once."""
+    from engine.config import PROJECT_ROOT
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "engine", str(run_dir)] + (["--resume"] if resume else [])
+    with open(run_dir / "train.log", "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=env, close_fds=True)
+    return process.pid
+
+
+def stop_requested(run_dir: Path) -> bool:
+    return (run_dir / "control" / "stop").exists()
+
+
+def request_stop(run_dir: Path) -> None:
+    (run_dir / "control").mkdir(exist_ok=True)
+    (run_dir / "control" / "stop").touch()
+
+
+def list_runs(out_dir: str | Path = "runs") -> list[Path]:
+    """Run directories under out_dir, oldest first (ids sort by time)."""
+    root = output_path(out_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "preset.toml").is_file())
+
+
+def preset_name_of(run_dir: Path) -> str:
+    from engine.config import load_preset
+
+    return read_status(run_dir).get("preset") or load_preset(run_dir / "preset.toml").name
+
+
+def latest_run_of(preset_name: str, out_dir: str | Path = "runs") -> Path | None:
+    return next((r for r in reversed(list_runs(out_dir)) if preset_name_of(r) == preset_name), None)
+
+
+def find_run(spec: str, out_dir: str | Path = "runs") -> Path:
+    """A run from a path, an id, or a unique prefix/suffix of an id under out_dir."""
+    path = resolve_path(spec)
+    if (path / "preset.toml").is_file():
+        return path
+    runs = list_runs(out_dir)
+    matches = [r for r in runs if r.name == spec] or [r for r in runs if r.name.startswith(spec) or r.name.endswith(spec)]
+    if len(matches) == 1:
+        return matches[0]
+    where = output_path(out_dir)
+    if not matches:
+        raise ResourceError(f"no run {spec!r} under {where}; `minimind-studio runs` lists them")
+    raise ResourceError(f"{spec!r} matches {len(matches)} runs under {where}: "
+                        f"{', '.join(m.name for m in matches[:5])}; give more of the id")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of `minimind-studio runs` and of the studio's runs table."""
+
+    run_dir: Path
+    preset: str
+    state: RunState
+    stage: str | None
+    step: int
+    total_steps: int
+    loss: float | None
+    tokens_per_s: float | None
+    started_at: float | None
+    heartbeat_at: float | None
+    exit_reason: str | None
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def live(self) -> bool:
+        """A process may still be writing this run (a crashed one is not live)."""
+        return self.state.live
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    status = read_status(run_dir)
+    return RunSummary(
+        run_dir=run_dir, preset=preset_name_of(run_dir),
+        state=effective_state(status), stage=status.get("stage"), step=status.get("step", 0),
+        total_steps=status.get("total_steps", 0), loss=status.get("loss"), tokens_per_s=status.get("tokens_per_s"),
+        started_at=status.get("started_at"), heartbeat_at=status.get("heartbeat_at"), exit_reason=status.get("exit_reason"),
+    )
