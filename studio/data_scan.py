@@ -11,9 +11,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from engine.data.jsonl import Kind
 
 BROWSE_RECORDS = 500  # records kept for the browser
 TOKENIZE_RECORDS = 20_000  # records tokenized for the histogram (a sample of huge files)
@@ -23,7 +26,7 @@ MASK_STYLE = "bold black on green"
 @dataclass
 class DataReport:
     path: Path
-    kind: str  # pretrain | sft
+    kind: Kind
     size_bytes: int
     lines: int
     records: int
@@ -46,7 +49,7 @@ class LengthStats:
         return sum(max(0, n - self.max_seq_len) for n in self.lengths) / total if total else 0.0
 
 
-def detect_kind(path: Path) -> str:
+def detect_kind(path: Path) -> Kind:
     """SFT when the first parseable object has "conversations", else pretrain."""
     with open(path, "rb") as handle:
         for raw in handle:
@@ -58,14 +61,14 @@ def detect_kind(path: Path) -> str:
     return "pretrain"
 
 
-def scan_file(path: Path, kind: str | None = None, keep: int = BROWSE_RECORDS) -> DataReport:
+def scan_file(path: Path, kind: Kind | None = None, keep: int = BROWSE_RECORDS) -> DataReport:
     from engine.data.jsonl import ReadStats, iter_jsonl
 
     path = Path(path)
     kind = kind or detect_kind(path)
     stats = ReadStats()
     sample: list[tuple[int, dict[str, Any]]] = []
-    for line_no, record in iter_jsonl(path, kind, on_bad_line="skip", stats=stats):  # type: ignore[arg-type]
+    for line_no, record in iter_jsonl(path, kind, on_bad_line="skip", stats=stats):
         if len(sample) < keep:
             sample.append((line_no, record))
     return DataReport(path, kind, path.stat().st_size, stats.lines, stats.records, stats.skipped,
@@ -80,7 +83,7 @@ def default_render() -> Callable[[list[dict[str, Any]], list[dict[str, Any]] | N
     return template_render(CHAT_TEMPLATE, bos_token=BOS, eos_token=EOS)
 
 
-def render_record(record: dict[str, Any], kind: str, render: Callable | None = None, bos: str = "<s>", eos: str = "</s>") -> Text:
+def render_record(record: dict[str, Any], kind: Kind, render: Callable | None = None, bos: str = "<s>", eos: str = "</s>") -> Text:
     """The record as the model sees it, with the trained characters highlighted.
 
     `render(messages, tools, add_generation_prompt)` is the run's template (default: the built-in one).
@@ -99,7 +102,7 @@ def render_record(record: dict[str, Any], kind: str, render: Callable | None = N
     return text
 
 
-def token_lengths(tokenizer: Any, records: list[dict[str, Any]], kind: str) -> list[int]:
+def token_lengths(tokenizer: Any, records: list[dict[str, Any]], kind: Kind) -> list[int]:
     from engine.data.messages import parse_conversation
     from engine.data.sft_mask import tokenizer_render
 
@@ -114,13 +117,13 @@ def token_lengths(tokenizer: Any, records: list[dict[str, Any]], kind: str) -> l
     return [len(ids) + extra for ids in encoded]
 
 
-def length_stats(path: Path, kind: str, tokenizer: Any, tokenizer_dir: Path, max_seq_len: int,
+def length_stats(path: Path, kind: Kind, tokenizer: Any, tokenizer_dir: Path, max_seq_len: int,
                  limit: int = TOKENIZE_RECORDS) -> LengthStats:
     """Token lengths of the first `limit` records under `tokenizer` (loaded from tokenizer_dir)."""
     from engine.data.jsonl import iter_jsonl
 
     records = []
-    for _, record in iter_jsonl(path, kind, on_bad_line="skip"):  # type: ignore[arg-type]
+    for _, record in iter_jsonl(path, kind, on_bad_line="skip"):
         records.append(record)
         if len(records) >= limit:
             break

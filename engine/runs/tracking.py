@@ -35,6 +35,7 @@ from typing import Any
 from engine.atomic import write_json_atomic
 from engine.config import Preset
 from engine.events import EvalEvent, Event, EventLog, StepEvent, WarningEvent
+from engine.runs.state import RunState
 
 TRACKING_FILE = "tracking.json"
 INIT_TIMEOUT_S = 20.0  # longer than swanlab's own login retries (~15 s) so their error is what we report
@@ -44,7 +45,7 @@ FINISH_TIMEOUT_S = 60.0  # cloud finish waits for pending uploads; a dead networ
 _STEP_SKIP = {"v", "t", "kind", "stage", "step", "total_steps", "eta_s"}
 _EVAL_FIELDS = ("eval_loss", "heldout_accuracy")
 # Our pipeline states -> swanlab finish states.
-_FINISH_STATE = {"finished": "success", "stopped": "aborted", "failed": "crashed"}
+_FINISH_STATE = {RunState.FINISHED: "success", RunState.STOPPED: "aborted", RunState.FAILED: "crashed"}
 
 
 def event_metrics(event: Event) -> dict[str, float]:
@@ -166,7 +167,7 @@ class SwanlabTracker:
             _warn(self._log, f"SwanLab logging failed ({type(error).__name__}: {error}); "
                              f"tracking is off for the rest of this session")
 
-    def close(self, state: str = "finished", error: str | None = None) -> None:
+    def close(self, state: RunState = RunState.FINISHED, error: str | None = None) -> None:
         """Finish the experiment (state: finished | stopped | failed, as in PipelineResult). Idempotent."""
         run, self._run = self._run, None
         if run is None:

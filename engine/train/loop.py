@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -36,6 +36,9 @@ from engine.train.evaluation import emit_sample, evaluate
 from engine.train.stage_data import batch_stream, make_blocks, sampler_state
 from engine.train.step import build_step, lr_at, train_step
 
+# How a stage ends when it returns (a failure raises); the pipeline turns it into the run's RunState.
+StageOutcome = Literal["finished", "stopped"]
+
 
 class NonFiniteLoss(TrainingError):
     """The loss became NaN/inf; the message carries the step and advice."""
@@ -44,7 +47,7 @@ class NonFiniteLoss(TrainingError):
 @dataclass
 class StageResult:
     stage: str
-    state: str  # "finished" | "stopped"
+    state: StageOutcome
     step: int
     total_steps: int
     final_loss: float | None
@@ -188,7 +191,7 @@ def train_stage(
     tokenizer = load_tokenizer(tokenizer_dir)
     report = StepReporter(stage, cfg, total_steps, tokens_per_step, flops_tok, peak, batches_per_epoch, log)
     window = LogWindow(precision.device)
-    outcome = "finished"
+    outcome: StageOutcome = "finished"
     while progress.step < total_steps:
         step_started = time.perf_counter()
         last_step = progress.step + 1 == total_steps
