@@ -8,13 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.events import iter_events
 
+ROOT = Path(__file__).resolve().parents[2]
 
+
+@pytest.mark.slow
 def test_tiny_preset_trains_all_stages_and_answers_heldout_questions(tmp_path: Path) -> None:
     """Guards against the built-in default regressing: a pipeline that runs but does not learn (held-out
     exact match < 80%, SFT loss not falling), or that ends without telling the user how to chat."""
-    env = {**os.environ, "COLUMNS": "120"}
+    env = {**os.environ, "COLUMNS": "120", "PYTHONPATH": str(ROOT)}  # this checkout, whatever is installed
     done = subprocess.run(
         [sys.executable, "-m", "studio.cli", "run", "tiny", "--set", f"out_dir={tmp_path / 'runs'}",
          "--set", f"runtime.cache_dir={tmp_path / 'cache'}"],

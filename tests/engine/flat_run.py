@@ -15,8 +15,7 @@ from engine.runs.run_dir import create_run
 
 
 def main(corpus_dir: str, work_dir: str, steps: int, leak: bool) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.support
-    from tests.support.presets import preset_factory
+    from tests.support.presets import preset_factory  # the repository root is on PYTHONPATH
 
     if leak:
         kept = []

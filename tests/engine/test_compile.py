@@ -54,6 +54,7 @@ def test_auto_decides_from_what_was_measured_on_this_machine():
     assert mode == "eager" and "boom" in reason
 
 
+@pytest.mark.slow
 def test_a_first_long_stage_measures_compiling_records_it_and_the_next_run_reuses_it(make_preset, monkeypatch):
     """Guards the evidence loop on the real trainer: a stage with no measurement times eager and
     compiled steps, keeps the faster (here eager: the stand-in compiled model is made slower), writes
@@ -131,6 +132,7 @@ def test_errors_after_a_successful_compiled_call_are_not_swallowed():
     assert warnings == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_training_matches_eager(make_preset):

@@ -26,6 +26,7 @@ SMALL = ["model.hidden_size=192", "model.num_hidden_layers=3", "model.num_attent
          "model.num_key_value_heads=2", "model.vocab_size=3000"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dtype", "overrides"), [
     ("float32", ["pretrain.batch_size=8", "pretrain.max_seq_len=256"]),
     ("bfloat16", ["pretrain.batch_size=8", "pretrain.max_seq_len=256", "pretrain.accumulation_steps=2"]),

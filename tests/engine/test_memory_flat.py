@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 STEPS = 400
 RUNNER = Path(__file__).with_name("flat_run.py")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rss_by_step(corpus, work: Path, leak: bool = False) -> dict[int, float]:
     """RSS per logged step of a fresh process training the unit preset (see flat_run.py for why fresh)."""
     args = [sys.executable, str(RUNNER), str(corpus[0].parent), str(work), str(STEPS)] + (["--leak"] if leak else [])
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's engine and tests.support, whatever is installed
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return {int(step): rss for step, rss in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 

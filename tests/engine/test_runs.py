@@ -125,6 +125,7 @@ def test_a_locked_run_cannot_be_resumed_twice(make_preset) -> None:
     assert done.returncode == 2 and "already running" in done.stderr
 
 
+@pytest.mark.slow
 def test_detached_run_outlives_the_shell_that_started_it(make_preset, tmp_path: Path) -> None:
     """Guards against a run dying with its terminal (SIGHUP / closed stdin) - the reference project's bug."""
     preset = make_preset(stages=["tokenizer", "pretrain"], pretrain={"max_steps": 60})
@@ -143,6 +144,7 @@ def test_detached_run_outlives_the_shell_that_started_it(make_preset, tmp_path: 
     assert "pretrain step 60/60" in log and "run finished" in log
 
 
+@pytest.mark.slow
 def test_stop_checkpoints_and_resume_finishes(long_preset: Path, make_preset) -> None:
     """Guards against `stop` losing work (no checkpoint) and `resume` restarting from scratch."""
     out_dir = Path(make_preset().out_dir)
@@ -174,6 +176,7 @@ def kill_9(run_dir: Path, pid: int) -> None:
     wait_until(lambda: effective_state(read_status(run_dir)) == "crashed", timeout=10, what="the crashed state")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_and_mid_checkpoint_write_leaves_a_resumable_run_with_the_same_losses(
         make_preset, tmp_path: Path) -> None:
     """Guards against kill -9 (at any step, and inside a checkpoint write) leaving `latest` broken or
