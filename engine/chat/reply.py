@@ -4,21 +4,26 @@ Both the built-in template and the Qwen-style ones minimind adopts write reasoni
 `<think>...</think>` and each call as `<tool_call>{"name": ..., "arguments": ...}</tool_call>`, so one
 parser serves every chat model. It is fed the decoded pieces of a stream and returns what is certain so
 far; a tag may arrive cut across pieces (`<thi` + `nk>`), so a tail that could still become a tag is held
-back until the next piece decides it. Pure Python: the studio's UI thread uses it without torch.
+back until the next piece decides it. Some templates (Qwen3-style thinking models) open the think block in
+the generation prompt itself; the reply then starts inside reasoning, which `reply_start` reads from the
+prompt's tail and a parser is told with `start=`. Pure Python: the studio's UI thread uses it without torch.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.errors import DataError
+from engine.errors import DataError, EngineError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 Kind = Literal["reasoning", "answer"]
+Section = Literal["answer", "reasoning", "call"]  # where the parser stands: Kind, or inside a call
+OPENS: dict[str, Section] = {THINK_OPEN: "reasoning", CALL_OPEN: "call"}
 
 
 @dataclass(frozen=True)
@@ -67,14 +72,25 @@ class ReplyParser:
 
     Whitespace at the start of a section and before a tag is dropped (the template's newlines around
     tags are layout, not words), so trailing whitespace is held back until more text follows it.
+    `start="reasoning"` when the prompt already opened `<think>` (see reply_start): the reply's first words
+    are then thinking, and its `</think>` leads to the answer.
     """
 
+    start: Kind = "answer"
     reasoning: str = ""
     answer: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
-    _state: Literal["answer", "reasoning", "call"] = "answer"
+    _state: Section = "answer"
     _buffer: str = ""
     _fresh: bool = True  # nothing emitted yet in the current section: leading whitespace is dropped
+
+    def __post_init__(self) -> None:
+        self._state = self.start
+
+    @property
+    def section(self) -> Section:
+        """Where the text fed so far has left the reply: in the answer, inside `<think>` or inside a call."""
+        return self._state
 
     def feed(self, piece: str) -> list[Event]:
         self._buffer += piece
@@ -90,7 +106,7 @@ class ReplyParser:
                 events.append(self._add_call(text))
             else:
                 events += self._emit(text.rstrip())
-            self._state = {THINK_OPEN: "reasoning", CALL_OPEN: "call"}.get(tag, "answer") if tag != close else "answer"
+            self._state = OPENS.get(tag, "answer") if tag != close else "answer"
             self._fresh = True
         if self._state != "call":
             tags = (THINK_OPEN, CALL_OPEN) if self._state == "answer" else (THINK_CLOSE,)
@@ -146,12 +162,66 @@ class ReplyParser:
         return message
 
 
-def parse_reply(text: str) -> ReplyParser:
-    """A complete reply, parsed in one go."""
-    parser = ReplyParser()
+def parse_reply(text: str, start: Kind = "answer") -> ReplyParser:
+    """A complete reply, parsed in one go (start: see ReplyParser)."""
+    parser = ReplyParser(start=start)
     parser.feed(text)
     parser.finish()
     return parser
+
+
+def reply_start(prompt: str) -> Kind:
+    """Where a reply to `prompt` begins. A generation prompt that ends by opening `<think>` (Qwen3-style
+    thinking templates: `<|im_start|>assistant\n<think>\n`) leaves the model inside its reasoning, and the
+    reply carries only the closing tag; one that closes an empty block (`<think>\n\n</think>\n\n`, thinking
+    off) or has none leaves it at the answer."""
+    return "reasoning" if prompt.rstrip().endswith(THINK_OPEN) else "answer"
+
+
+@dataclass
+class ReplyStream:
+    """A reply being generated: iterate it for the raw pieces, close it to stop early.
+
+    `start` is where the reply begins (reply_start of its prompt), so a reader builds its parser with
+    `parser()`; `reasoning_tokens` counts the generated tokens that belong to the think block (its tags
+    included), filled in by the session as the pieces stream.
+    """
+
+    pieces: Generator[str, None, None]
+    start: Kind = "answer"
+    reasoning_tokens: int = 0
+
+    def __iter__(self) -> ReplyStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self.pieces)
+
+    def close(self) -> None:
+        self.pieces.close()
+
+    def parser(self) -> ReplyParser:
+        return ReplyParser(start=self.start)
+
+
+class ToolResultError(EngineError):
+    """A tool result the chat cannot take (no call waiting for one, an unreadable file); one line."""
+
+
+def read_tool_result(argument: str) -> str:
+    """What `/result` gives: the text as typed, or `@FILE` for a file's contents (a JSON reply, say)."""
+    argument = argument.strip()
+    if not argument:
+        raise ToolResultError("give the tool's result: /result TEXT or /result @FILE")
+    if not argument.startswith("@"):
+        return argument
+    path = Path(argument[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ToolResultError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise ToolResultError(f"{path}: not UTF-8 text") from None
 
 
 class ToolSpecError(DataError):
