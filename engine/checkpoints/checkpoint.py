@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import point_symlink, publish_dir
 from engine.config import ModelConfig
+from engine.data.token_cache import file_digest
 from engine.data.tokenizer_files import copy_tokenizer
 from engine.errors import CheckpointError
 
@@ -106,8 +108,9 @@ def save_checkpoint(
         trainer.update(optim_tensors)
         state["optimizer"] = optim_meta
     save_file(trainer, str(tmp / "trainer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
+    state["files"] = file_records(tmp)  # last: what every other file must still be when it is loaded
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     publish_dir(tmp, final)  # replaces the same step saved before (a resume that re-saves it)
     point_symlink(stage_dir / "latest", final.name)
     prune_checkpoints(stage_dir, keep)
@@ -139,6 +142,47 @@ def read_checkpoint(path: Path) -> Checkpoint:
     if not state_file.is_file() or not (path / "model.safetensors").is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no state.json/model.safetensors)")
     return Checkpoint(path=path.resolve(), state=json.loads(state_file.read_text(encoding="utf-8")))
+
+
+def file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and content hash of every file in a checkpoint folder (but state.json, which holds them)."""
+    return {
+        file.relative_to(folder).as_posix(): {"bytes": file.stat().st_size, "blake2b": file_digest(file)}
+        for file in sorted(folder.rglob("*")) if file.is_file() and file.name != "state.json"
+    }
+
+
+def verify_checkpoint(ckpt: Checkpoint) -> None:
+    """CheckpointError naming the first file that is missing, truncated or altered since the save (a
+    checkpoint written before sizes and hashes were recorded has nothing to check against)."""
+    for name, expected in ckpt.state.get("files", {}).items():
+        file = ckpt.path / name
+        if not file.is_file():
+            problem = "is missing"
+        elif file.stat().st_size != expected["bytes"]:
+            problem = f"has {file.stat().st_size:,} bytes, {expected['bytes']:,} were saved (truncated or replaced)"
+        elif file_digest(file) != expected["blake2b"]:
+            problem = "does not match the hash recorded when it was saved (altered or corrupted on disk)"
+        else:
+            continue
+        raise CheckpointError(f"{file} {problem}; this checkpoint cannot be trusted. Use an earlier checkpoint of "
+                              f"{ckpt.path.parent} (or its run's other stage), or retrain from there.")
+
+
+def latest_intact_checkpoint(stage_dir: Path, warn: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint of a stage whose files are as saved; each damaged newer one is skipped with a
+    warning (what resume starts from: a checkpoint damaged on disk must not end or poison the run)."""
+    link = stage_dir / "latest"
+    candidates = [link.resolve()] if link.exists() else []
+    candidates += [p.resolve() for p in reversed(list_checkpoints(stage_dir)) if p.resolve() not in candidates]
+    for path in candidates:
+        try:
+            ckpt = read_checkpoint(path)
+            verify_checkpoint(ckpt)
+            return ckpt
+        except CheckpointError as error:
+            warn(f"{str(error).rstrip('.')}. Skipping it: resuming from the checkpoint before it.")
+    return None
 
 
 def latest_checkpoint(stage_dir: Path) -> Checkpoint | None:

@@ -5,14 +5,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.checkpoints.checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint
+from engine.checkpoints.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    verify_checkpoint,
+)
 from engine.checkpoints.hf_export import is_hf_dir, read_hf_checkpoint
 from engine.config import ModelConfig, output_path, resolve_path
 from engine.errors import CheckpointError
 
 
 def resolve_checkpoint(spec: str, out_dir: str | Path = "runs", prefer: tuple[str, ...] = ("sft", "pretrain")) -> Checkpoint:
-    """A checkpoint from what a user types: a checkpoint dir, a stage dir, a run dir or a run id."""
+    """A checkpoint from what a user types: a checkpoint dir, a stage dir, a run dir or a run id; one of ours
+    is verified against the sizes and hashes recorded at save time (CheckpointError naming the damaged file)."""
+    found = _find_checkpoint(spec, out_dir, prefer)
+    if found.state.get("files"):
+        verify_checkpoint(found)
+    return found
+
+
+def _find_checkpoint(spec: str, out_dir: str | Path, prefer: tuple[str, ...]) -> Checkpoint:
     candidates = [resolve_path(spec), output_path(out_dir) / spec]
     for path in candidates:
         if (path / "state.json").is_file():

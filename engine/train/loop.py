@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from engine.checkpoints.checkpoint import Checkpoint, latest_checkpoint, load_model_weights
+from engine.checkpoints.checkpoint import Checkpoint, latest_intact_checkpoint, load_model_weights
 from engine.config import Preset, StageName, TrainStage
 from engine.data.blocks import EpochSampler, split_indices
 from engine.data.tokenizer import load_tokenizer
@@ -139,7 +139,11 @@ def train_stage(
     total_steps, batches_per_epoch = total_steps_of(stage, cfg, len(train_idx))
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
     stage_dir = run_dir / "checkpoints" / stage
-    resumed_from = latest_checkpoint(stage_dir) if resume else None
+
+    def warn(message: str) -> None:
+        log.emit(WarningEvent(stage=stage, message=message))
+
+    resumed_from = latest_intact_checkpoint(stage_dir, warn) if resume else None
     progress = Progress()
     if resumed_from is not None:
         state = resumed_from.state
@@ -159,7 +163,7 @@ def train_stage(
         preset, cfg, precision, record, model=model,
         mode=compile_decider(preset, precision.device.type, record, remaining, eager_estimate, compile_reasons),
         note=lambda message, figures: log.emit(NoteEvent(stage=stage, message=message, figures=figures)),
-        warn=lambda message: log.emit(WarningEvent(stage=stage, message=message)))
+        warn=warn)
     checkpointer = Checkpointer(stage, stage_dir, model=model, optimizer=setup.optimizer, tokenizer_dir=tokenizer_dir,
                                 save_interval=cfg.save_interval, keep=cfg.keep_checkpoints, log=log)
     if resumed_from is not None:

@@ -1,0 +1,81 @@
+"""Checkpoints damaged on disk after they were saved: detected by the sizes and hashes state.json records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.checkpoints.checkpoint import list_checkpoints, read_checkpoint, verify_checkpoint
+from engine.checkpoints.lookup import resolve_checkpoint
+from engine.errors import CheckpointError
+from engine.events import Event
+from engine.runs.pipeline import run_pipeline
+from engine.runs.run_dir import create_run, request_stop
+
+
+def stopped_run(make_preset) -> Path:
+    """A pretrain run stopped at step 5 with checkpoints at steps 2, 4 and 5."""
+    run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"],
+                                     pretrain={"max_steps": 8, "save_interval": 2, "keep_checkpoints": 5}))
+
+    def stop_at_five(event: Event) -> None:
+        if event.kind == "step" and event.step == 5:
+            request_stop(run_dir)
+
+    assert run_pipeline(run_dir, listeners=[stop_at_five]).state == "stopped"
+    return run_dir
+
+
+def flip_one_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_every_saved_file_is_recorded_and_an_intact_checkpoint_verifies(make_preset) -> None:
+    """Guards against a record that misses a file (it could then be damaged unnoticed) or that does not
+    match what was written (every load would then be refused)."""
+    run_dir = stopped_run(make_preset)
+    ckpt = read_checkpoint(run_dir / "checkpoints" / "pretrain" / "latest")
+    files = {p.relative_to(ckpt.path).as_posix() for p in ckpt.path.rglob("*") if p.is_file()} - {"state.json"}
+    assert set(ckpt.state["files"]) == files and {"model.safetensors", "trainer.safetensors"} <= files
+    verify_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "deleted"])
+def test_resume_skips_a_damaged_latest_checkpoint_with_a_warning(make_preset, damage: str) -> None:
+    """Guards against a resume that crashes on, or silently trains from, weights or optimizer state that
+    changed on disk after the save (a full disk, a bad copy, bit rot): the previous checkpoint is used."""
+    run_dir = stopped_run(make_preset)
+    stage_dir = run_dir / "checkpoints" / "pretrain"
+    latest = stage_dir / "step_000005"
+    target = latest / ("model.safetensors" if damage != "bit-flipped" else "trainer.safetensors")
+    if damage == "truncated":
+        target.write_bytes(target.read_bytes()[:-1000])
+    elif damage == "bit-flipped":
+        flip_one_byte(target, target.stat().st_size // 2)  # same size: only the hash can tell
+    else:
+        target.unlink()
+
+    assert run_pipeline(run_dir, resume=True).state == "finished"
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    warnings = [e["message"] for e in events if e["kind"] == "warning"]
+    named = str(latest) if damage == "deleted" else str(target)  # a missing model file: the folder is incomplete
+    assert any(named in w and "Skipping it" in w for w in warnings), warnings
+    starts = [e for e in events if e["kind"] == "stage_start" and e["stage"] == "pretrain"]
+    assert starts[-1]["start_step"] == 4 and starts[-1]["resumed"]
+    assert read_checkpoint(stage_dir / "latest").step == 8
+    verify_checkpoint(read_checkpoint(stage_dir / "latest"))
+
+
+def test_chat_and_export_refuse_a_damaged_checkpoint_naming_the_file(make_preset) -> None:
+    """Guards against chatting with or exporting weights that are not the ones that were trained."""
+    run_dir = stopped_run(make_preset)
+    latest = run_dir / "checkpoints" / "pretrain" / "latest"
+    flip_one_byte(latest / "model.safetensors", 200)
+    with pytest.raises(CheckpointError, match="model.safetensors does not match the hash"):
+        resolve_checkpoint(str(latest))
+    earlier = list_checkpoints(run_dir / "checkpoints" / "pretrain")[0]
+    assert resolve_checkpoint(str(earlier)).step == 2  # the intact ones still load
