@@ -112,6 +112,12 @@ class ModelConfig(_Section):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def ffn_size(self) -> int:
+        """intermediate_size as the model uses it: an empty one is filled in by validation."""
+        assert self.intermediate_size is not None, "_check_shape fills it on every validation"
+        return self.intermediate_size
+
     def architecture(self) -> dict[str, Any]:
         """The fields that must match for weights to load (dropout may differ between stages)."""
         return self.model_dump(exclude={"dropout", "max_position_embeddings", "moe_aux_loss_coef"})

@@ -15,11 +15,11 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-EVENT_VERSION = 1
+EVENT_VERSION: Final = 1  # Final keeps the literal type, so it is a valid default of v: Literal[1]
 
 
 def _now() -> float:

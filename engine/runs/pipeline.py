@@ -196,7 +196,7 @@ def check_vocab(preset: Preset, tokenizer_dir: Path, log: EventLog) -> None:
 
 
 def run_pipeline(
-    run_dir: Path, *, resume: bool = False, listeners: list[Listener] | None = None, stages: list[str] | None = None
+    run_dir: Path, *, resume: bool = False, listeners: list[Listener] | None = None, stages: list[StageName] | None = None
 ) -> PipelineResult:
     """Execute the frozen preset in run_dir. On resume, finished stages are skipped and the current one continues.
     The run directory is locked for the duration: a second process on the same run raises RunBusy."""
@@ -205,7 +205,7 @@ def run_pipeline(
         return _run_locked(run_dir, preset, resume, listeners or [], stages)
 
 
-def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Listener], stages: list[str] | None) -> PipelineResult:
+def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Listener], stages: list[StageName] | None) -> PipelineResult:
     from engine.train.loop import train_stage
 
     log = EventLog(run_dir / "events.jsonl", [_status_listener(run_dir), *listeners])
@@ -274,7 +274,9 @@ def score_heldout(stage: StageName, preset: Preset, run_dir: Path, outcome: Any,
     from engine.chat.session import ChatSession, exact_match, read_heldout
     from engine.checkpoints.checkpoint import read_checkpoint
 
-    path = Path(preset.stage(stage).heldout_path)
+    heldout_path = preset.stage(stage).heldout_path
+    assert heldout_path is not None  # the pipeline scores only a stage that names its held-out file
+    path = Path(heldout_path)
     items = read_heldout(path)
     session = ChatSession(read_checkpoint(outcome.checkpoint), device=preset.runtime.device)
     report = exact_match(session, items)

@@ -43,8 +43,11 @@ class RunState(str, Enum):
 
     # str() and f-strings give the value ("running"), as for a plain string: Python 3.11 changed the
     # default of a mixed-in Enum to "RunState.RUNNING", which must never reach a table or a message.
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
     @classmethod
     def parse(cls, value: object) -> RunState:
