@@ -108,7 +108,7 @@ def activation_bytes_per_token(config: ModelConfig, dtype: str, device: Device, 
                                checkpointing: bool = False) -> float:
     """Bytes autograd keeps per token for the whole layer stack (one layer's worth when checkpointing)."""
     a = element_size(dtype)
-    C, I, nh = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    C, I, nh = config.hidden_size, config.ffn_size, config.num_attention_heads
     kv = config.num_key_value_heads * config.head_dim  # attention reads grouped k/v, no expanded copies
     moe_inputs = 0
     if config.use_moe:
@@ -148,7 +148,7 @@ def training_memory(config: ModelConfig, batch: int, seq: int, target: Target, c
     # Per chunk: fp32 logits (reused in place for the gradient) + under autocast their 16-bit copy; kept: the
     # (tokens, C) hidden gradient and the (vocab, C) fp32 weight gradient.
     loss = chunk_rows * V * 4 + tokens * C * a + V * C * 4 + (chunk_rows * V * a + V * C * a if a == 2 else 0)
-    inter = config.intermediate_size * (config.num_experts_per_tok + config.num_shared_experts if config.use_moe else 1)
+    inter = config.ffn_size * (config.num_experts_per_tok + config.num_shared_experts if config.use_moe else 1)
     transient = 6 * tokens * inter * a + 3 * tokens * C * 4  # SwiGLU backward temporaries + residual grads
     framework = CPU_FRAMEWORK_BYTES if target.device == "cpu" else CUDA_CONTEXT_BYTES
     activations = int(activation_bytes_per_token(config, target.dtype, target.device, seq, checkpointing) * tokens)
@@ -176,12 +176,13 @@ def device_peak(memory: MemoryBreakdown, target: Target) -> int:
 def largest_batch(config: ModelConfig, seq: int, target: Target, checkpointing: bool = False,
                   accumulation_steps: int = 1, limit: int = 4096) -> int:
     """The largest micro-batch whose peak fits target.memory_bytes (0: not even one sequence)."""
-    if target.memory_bytes is None:
+    memory_bytes = target.memory_bytes
+    if memory_bytes is None:
         raise ValueError("largest_batch needs the device memory")
 
     def fits(batch: int) -> bool:
         memory = training_memory(config, batch, seq, target, checkpointing, accumulation_steps)
-        return device_peak(memory, target) <= target.memory_bytes
+        return device_peak(memory, target) <= memory_bytes
 
     if not fits(1):
         return 0

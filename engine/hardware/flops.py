@@ -28,7 +28,7 @@ def attention_probs_bytes(layers: int, batch: int, heads: int, seq: int, dtype: 
 def count_parameters(config: ModelConfig) -> tuple[int, int]:
     """(total, active per token) from the config alone. Active leaves out the routed experts a token
     does not visit; the embedding counts in both, once when tied to lm_head."""
-    C, inter, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    C, inter, L = config.hidden_size, config.ffn_size, config.num_hidden_layers
     q_width, kv_width = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
     attention = 2 * C * q_width + 2 * C * kv_width  # q, o + k, v
     expert = 3 * C * inter  # gate, up, down

@@ -108,7 +108,7 @@ class MfuMeter:
     the CPU peak is probed once more; if the step is still faster, MFU becomes unknown for the rest
     of the stage, with the reason in `note` and one warning."""
 
-    def __init__(self, peak: Peak, warn: Callable[[str], None]) -> None:
+    def __init__(self, peak: Peak, warn: Callable[[str], object]) -> None:
         self.peak, self.warn = peak, warn
 
     @property
@@ -116,17 +116,18 @@ class MfuMeter:
         return None if self.peak.flops else self.peak.source
 
     def __call__(self, achieved_flops: float) -> float | None:
-        if not self.peak.flops:
+        peak = self.peak.flops
+        if not peak:
             return None
-        if achieved_flops > self.peak.flops and self.peak.reprobe is not None:
+        if achieved_flops > peak and self.peak.reprobe is not None:
             fresh = self.peak.reprobe()
-            self.peak = Peak(max(fresh, self.peak.flops), f"re-probed {fresh / 1e12:.3f} TFLOP/s "
-                             f"(a step ran faster than the first probe)")
-        if achieved_flops > self.peak.flops:
+            peak = max(fresh, peak)
+            self.peak = Peak(peak, f"re-probed {fresh / 1e12:.3f} TFLOP/s (a step ran faster than the first probe)")
+        if achieved_flops > peak:
             reason = (f"peak unknown: a step ran at {achieved_flops / 1e12:.3f} TFLOP/s, above the peak of "
-                      f"{self.peak.flops / 1e12:.3f} ({self.peak.source}); set runtime.peak_tflops to this "
+                      f"{peak / 1e12:.3f} ({self.peak.source}); set runtime.peak_tflops to this "
                       "machine's real peak to see MFU")
             self.peak = Peak(None, reason)
             self.warn(reason)
             return None
-        return achieved_flops / self.peak.flops
+        return achieved_flops / peak

@@ -83,8 +83,8 @@ class CompiledForward:
     10,000 is not a compiler problem). In "trial" mode the loop reports each step's seconds through
     `step_done` and the switch happens after the eager timings."""
 
-    def __init__(self, model: torch.nn.Module, mode: Mode, *, note: Callable[[str, dict[str, Any]], None],
-                 warn: Callable[[str], None], record: TuningRecord | None = None, key: str = "") -> None:
+    def __init__(self, model: torch.nn.Module, mode: Mode, *, note: Callable[[str, dict[str, Any]], object],
+                 warn: Callable[[str], object], record: TuningRecord | None = None, key: str = "") -> None:
         self.eager = model
         self.note, self.warn, self.record, self.key = note, warn, record, key
         self.trial = mode == "trial"

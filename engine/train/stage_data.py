@@ -16,6 +16,7 @@ import torch
 
 from engine.config import Preset, StageName
 from engine.data.blocks import EpochSampler, PretrainBlocks, SFTBlocks
+from engine.data.jsonl import Kind
 from engine.data.token_cache import build_token_cache
 from engine.events import CacheProgressEvent, EventLog, WarningEvent
 from engine.train.step import Batch
@@ -25,7 +26,7 @@ def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: Even
                 ) -> tuple[PretrainBlocks | SFTBlocks, dict[str, Any]]:
     """The stage's blocks and what stage_start reports about its data."""
     cfg = preset.stage(stage)
-    kind = "pretrain" if stage == "pretrain" else "sft"
+    kind: Kind = "pretrain" if stage == "pretrain" else "sft"
     started = time.perf_counter()
     workers = preset.runtime.data_workers
     cache = build_token_cache(
@@ -45,7 +46,7 @@ def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: Even
         "cache_seconds": round(time.perf_counter() - started, 3),
         "from_cache": bool(getattr(cache, "from_cache", False)),
     }
-    if kind == "sft":
+    if isinstance(blocks, SFTBlocks):  # kind == "sft"
         info["padding_fraction"] = round(float(blocks.padding_fraction), 4)
     return blocks, info
 

@@ -77,8 +77,8 @@ class StepSetup:
 
 
 def build_step(preset: Preset, cfg: TrainStage, precision: Precision, record: TuningRecord, *,
-               mode: Mode | Callable[[str, str], Mode] = "eager", note: Callable[[str, dict[str, Any]], None] | None = None,
-               warn: Callable[[str], None] | None = None, model: CausalLM | None = None) -> StepSetup:
+               mode: Mode | Callable[[str, str], Mode] = "eager", note: Callable[[str, dict[str, Any]], object] | None = None,
+               warn: Callable[[str], object] | None = None, model: CausalLM | None = None) -> StepSetup:
     """The model (a fresh one unless given) on the precision's device, ready to train.
 
     `mode` is the compile mode, or a function of (compile key, attention kernel) that decides it once
