@@ -90,6 +90,7 @@ class SFTBlocks(torch.utils.data.Dataset):
         pos = 0
         for d in range(int(self.starts[b]), int(self.starts[b + 1])):
             ids, doc_mask = self.cache.doc(d)
+            assert doc_mask is not None  # __init__ refused a cache without a loss mask
             n = min(len(ids), self.capacity - pos)
             tokens[pos : pos + n] = ids[:n]
             mask[pos : pos + n] = doc_mask[:n]

@@ -17,7 +17,7 @@ import shutil
 import signal
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -117,6 +117,7 @@ class RangeEncoder:
 
     def _flush(self, batch: list[tuple[int, Any]], result: RangeResult, tok_out: BinaryIO, mask_out: BinaryIO) -> bool:
         """Encode and write one batch; False (with result.error set) when the template fails on a record."""
+        docs: Sequence[tuple[list[int], np.ndarray | None]]  # (ids, loss mask: SFT only)
         if self.finder is None:
             # The Rust backend encodes a batch at once; add_special_tokens=False because bos/eos are added here.
             # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which pretraining does not need.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
-_EMPTY = (None, "", [])  # how exporters write "no tools" / "no calls"; treated as the key being absent
+_EMPTY: tuple[object, ...] = (None, "", [])  # how exporters write "no tools" / "no calls"; treated as the key being absent
 
 
 class RecordProblem(ValueError):
@@ -120,7 +120,8 @@ def _check_call(i: int, n: int, call: Any) -> None:
     where = f'message {i} "tool_calls"[{n}]'
     if not isinstance(call, dict):
         raise RecordProblem(f"{where} is not an object")
-    fn = call.get("function") if isinstance(call.get("function"), dict) else call
+    function = call.get("function")
+    fn: dict[str, Any] = function if isinstance(function, dict) else call
     if not isinstance(fn.get("name"), str) or not fn["name"]:
         raise RecordProblem(f'{where} has no "name" (a call looks like {{"name": ..., "arguments": {{...}}}})')
     args = fn.get("arguments")

@@ -54,7 +54,7 @@ class TokenCache:
         return {"directory": self.dir, "from_cache": self.from_cache}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["directory"], state["from_cache"])
+        TokenCache.__init__(self, state["directory"], state["from_cache"])
 
     def _map(self, name: str, dtype: np.dtype) -> np.ndarray:
         if self.meta["n_tokens"] == 0:  # mmap refuses empty files
