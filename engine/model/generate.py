@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from engine.model.transformer import CausalLM, KVCache, MoEFeedForward, rotary_tables
+from engine.model.transformer import CausalLM, DecoderLayer, KVCache, MoEFeedForward, rotary_tables
 
 
 @dataclass
@@ -68,10 +68,18 @@ class _DecodeLayer:
 
     qkv: Tensor  # (C, (nh + 2 nkv) hd): input norm weight folded in, q columns scaled by 1/sqrt(hd)
     o: Tensor  # (nh hd, C)
-    gate_up: Tensor | None  # (C, 2 I): post-attention norm weight folded in; None for MoE layers
-    down: Tensor | None  # (I, C)
-    moe: nn.Module | None  # MoE layers run their own module on the normed input...
-    post_norm: Tensor | None  # ...scaled by this norm weight
+
+
+@dataclass
+class _DenseDecodeLayer(_DecodeLayer):
+    gate_up: Tensor  # (C, 2 I): post-attention norm weight folded in
+    down: Tensor  # (I, C)
+
+
+@dataclass
+class _MoEDecodeLayer(_DecodeLayer):
+    moe: MoEFeedForward  # MoE layers run their own module on the normed input...
+    post_norm: Tensor  # ...scaled by this norm weight
 
 
 def _fold(weights: list[Tensor], norm_weight: Tensor, dtype: torch.dtype, scale: float = 1.0) -> Tensor:
@@ -121,7 +129,7 @@ class DecodeStep:
         # mean(x^2) + eps as one batched dot product: baddbmm(eps, x, x^T, alpha=1/C).
         self.eps = torch.full((1, 1, 1), c.rms_norm_eps, device=device)
         self.inv_width = 1.0 / c.hidden_size
-        self.layers = [self._layer(layer) for layer in body.layers]
+        self.layers = [self._layer(layer) for layer in body.decoder_layers()]
         # x * cos + rotate_half(x) * sin == x @ (diag(cos) + swap * signed_sin), where swap moves each
         # half of hd onto the other and signed_sin carries rotate_half's minus sign. Adding the
         # structural zeros is exact.
@@ -133,16 +141,16 @@ class DecodeStep:
         self.identity = torch.eye(self.head_dim, device=device)
         self.swap = self.identity.roll(-half, dims=0)  # swap[(j - half) % hd, j] = 1
 
-    def _layer(self, layer: nn.Module) -> _DecodeLayer:
+    def _layer(self, layer: DecoderLayer) -> _DenseDecodeLayer | _MoEDecodeLayer:
         attn, mlp = layer.self_attn, layer.mlp
         # The attention scale is exact when hd is a power of four (16, 64, 256), else one more rounding.
         qkv = _fold([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], layer.input_layernorm.weight,
                     self.dtype, self.head_dim ** -0.5)  # (C, q + 2 kv)
         o = attn.o_proj.weight.t()  # (nh hd, C), a view
         if isinstance(mlp, MoEFeedForward):
-            return _DecodeLayer(qkv, o, None, None, mlp, layer.post_attention_layernorm.weight)
+            return _MoEDecodeLayer(qkv, o, mlp, layer.post_attention_layernorm.weight)
         gate_up = _fold([mlp.gate_proj.weight, mlp.up_proj.weight], layer.post_attention_layernorm.weight, self.dtype)
-        return _DecodeLayer(qkv, o, gate_up, mlp.down_proj.weight.t(), None, None)
+        return _DenseDecodeLayer(qkv, o, gate_up, mlp.down_proj.weight.t())
 
     def _normalize(self, x: Tensor) -> Tensor:
         """x / rms(x) for x (B, C), statistics in float32; the norm weight is applied by the caller."""
@@ -175,7 +183,7 @@ class DecodeStep:
                                                values.narrow(2, 0, end), scale=1.0, enable_gqa=nkv < nh)
             x = torch.addmm(x, y.view(B, nh * hd), layer.o)  # x + o_proj(attention); y (B, nh, 1, hd)
             h = self._normalize(x)
-            if layer.moe is None:
+            if isinstance(layer, _DenseDecodeLayer):
                 gate, up = torch.mm(h, layer.gate_up).chunk(2, dim=1)  # (B, I) each
                 x = torch.addmm(x, F.silu(gate).mul_(up), layer.down)  # x + down_proj(silu(gate) * up)
             else:
@@ -208,7 +216,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        decode = DecodeStep(model, cache.max_len) if use_cache else None
+        decode = DecodeStep(model, cache.max_len) if cache is not None else None
         logits = model(context, cache=cache, last_only=True).logits[:, -1]  # (1, V)
         for produced in range(1, sampling.max_new_tokens + 1):
             token = sample_next_token(logits, context, sampling, generator)  # (1,)
@@ -219,7 +227,10 @@ def generate(
             context = torch.cat([context, token[:, None]], dim=1)
             if produced == sampling.max_new_tokens or context.size(1) >= limit:
                 return
-            logits = decode(token, cache) if decode else model(context, last_only=True).logits[:, -1]
+            if decode is not None and cache is not None:  # both or neither: use_cache
+                logits = decode(token, cache)
+            else:
+                logits = model(context, last_only=True).logits[:, -1]
     finally:
         model.train(was_training)
 

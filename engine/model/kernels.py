@@ -123,7 +123,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             sums = exps.sum(dim=-1, keepdim=True)  # (n, 1), >= 1
             lse = (row_max + sums.log()).squeeze(1)  # (n,)
             total += ((lse - picked) * keep).sum()
-            if not need_grad:
+            if grad_hidden is None or grad_weight is None:  # not need_grad
                 continue
             # softmax - onehot, scaled by 1/count, zero on ignored rows: one pass over the buffer.
             row_weight = keep * scale  # (n,)
@@ -132,7 +132,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits = probs.to(dtype)
             grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
             grad_weight += (grad_logits.t() @ h).float()
-        if need_grad:
+        if grad_hidden is not None and grad_weight is not None:  # need_grad
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total * scale
 

@@ -14,7 +14,9 @@ same outer names and add, under `model.layers.{i}.mlp.`:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +71,9 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for positions 0..n, grown on demand so a tiny model never holds 32k rows."""
+
+    cos: Tensor  # buffers (n, head_dim), registered in __init__
+    sin: Tensor
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -169,7 +174,7 @@ class MoEFeedForward(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.aux_loss_coef = config.moe_aux_loss_coef
-        hidden, inter = config.hidden_size, config.intermediate_size
+        hidden, inter = config.hidden_size, config.ffn_size
         self.gate = nn.Linear(hidden, config.num_experts, bias=False)  # the router
         self.experts = nn.ModuleList(FeedForward(hidden, inter) for _ in range(config.num_experts))
         self.shared_experts = nn.ModuleList(FeedForward(hidden, inter) for _ in range(config.num_shared_experts))
@@ -205,7 +210,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(config, layer_idx)
         dense = not config.use_moe
-        self.mlp = FeedForward(config.hidden_size, config.intermediate_size) if dense else MoEFeedForward(config)
+        self.mlp = FeedForward(config.hidden_size, config.ffn_size) if dense else MoEFeedForward(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -229,6 +234,10 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
         self.activation_checkpointing = False  # set by the trainer from runtime.activation_checkpointing
+
+    def decoder_layers(self) -> Iterator[DecoderLayer]:
+        """self.layers with their type: nn.ModuleList is not generic, a type checker sees plain Modules."""
+        return cast(Iterator[DecoderLayer], iter(self.layers))
 
     def forward(self, input_ids: Tensor, cache: KVCache | None) -> tuple[Tensor, Tensor | None]:
         B, T = input_ids.shape
@@ -300,7 +309,7 @@ class CausalLM(nn.Module):
 
     def set_attention_kernel(self, kernel: str) -> None:
         """Which causal attention kernel training uses in every layer: "sdpa" or "matmul"."""
-        for layer in self.model.layers:
+        for layer in self.model.decoder_layers():
             layer.self_attn.kernel = kernel
 
     def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
