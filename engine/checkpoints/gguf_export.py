@@ -116,17 +116,18 @@ def add_model_metadata(writer: gguf.GGUFWriter, config: ModelConfig, dtype: str,
     if sampling.get("top_k"):
         writer.add_sampling_top_k(int(sampling["top_k"]))
     # context_length: the positions the rotary is prepared for, as config.json's max_position_embeddings.
-    shape = (
-        (writer.add_vocab_size, config.vocab_size), (writer.add_context_length, config.max_position_embeddings),
-        (writer.add_embedding_length, config.hidden_size), (writer.add_block_count, config.num_hidden_layers),
-        (writer.add_feed_forward_length, config.intermediate_size),
-        (writer.add_head_count, config.num_attention_heads), (writer.add_head_count_kv, config.num_key_value_heads),
-        (writer.add_key_length, config.head_dim), (writer.add_value_length, config.head_dim),
-        (writer.add_rope_dimension_count, config.head_dim), (writer.add_rope_freq_base, config.rope_theta),
-        (writer.add_layer_norm_rms_eps, config.rms_norm_eps),
-    )
-    for setter, value in shape:
-        setter(value)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.ffn_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
 
 
 def _write_atomic(writer: gguf.GGUFWriter, path: Path) -> None:

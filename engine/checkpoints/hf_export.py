@@ -11,8 +11,9 @@ GGUF for llama.cpp and Ollama is engine/checkpoints/gguf_export.py; the helpers 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,17 +31,28 @@ class ExportError(CheckpointError):
     """A checkpoint that cannot be written in, or read from, Hugging Face format."""
 
 
-def llama_config_dict(config: ModelConfig, special: dict[str, int], dtype: str) -> dict:
+class SpecialTokenIds(TypedDict):
+    """bos/eos/pad ids of a tokenizer under config.json's key names; None where it has none."""
+
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+
+
+def llama_config_dict(config: ModelConfig, special: SpecialTokenIds, dtype: str) -> dict[str, Any]:
     """config.json for LlamaForCausalLM, built by the installed transformers so its version's keys are right."""
     from transformers import LlamaConfig
 
+    # rope_theta is the keyword transformers 4.x reads; 5.x still accepts it (and moves it into
+    # rope_parameters) but its typed signature no longer lists it, hence passed through an untyped dict.
+    legacy: dict[str, Any] = {"rope_theta": config.rope_theta}
     hf = LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.ffn_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim, hidden_act="silu",
         max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
-        rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings, attention_bias=False,
-        mlp_bias=False, attention_dropout=0.0, **special,
+        tie_word_embeddings=config.tie_word_embeddings, attention_bias=False,
+        mlp_bias=False, attention_dropout=0.0, **special, **legacy,
     )
     data = hf.to_dict()
     data["architectures"] = ["LlamaForCausalLM"]
@@ -49,20 +61,21 @@ def llama_config_dict(config: ModelConfig, special: dict[str, int], dtype: str) 
     return data
 
 
-def special_token_ids(tokenizer: Any) -> dict[str, int]:
+def special_token_ids(tokenizer: Any) -> SpecialTokenIds:
     """bos/eos/pad ids of a loaded tokenizer, under config.json's key names (None where it has none)."""
     return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id}
 
 
-def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
+def _special_token_ids(tokenizer_dir: Path) -> SpecialTokenIds:
     from engine.data.tokenizer import load_tokenizer
 
     return special_token_ids(load_tokenizer(tokenizer_dir))
 
 
-def generation_config(special: dict[str, int]) -> dict[str, Any]:
-    """generation_config.json of an export: the sampling defaults GGUF also carries (general.sampling.*)."""
+def generation_config(special: Mapping[str, object]) -> dict[str, Any]:
+    """generation_config.json of an export: the sampling defaults GGUF also carries (general.sampling.*).
+    special: the SpecialTokenIds of the export, or {} for the sampling defaults alone."""
     return {**special, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "max_new_tokens": 256}
 
 
