@@ -379,6 +379,9 @@ def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise PresetError(f"{path}: cannot read the preset ({error.strerror}); check the path or pick one of presets/*.toml") from None
+    except UnicodeDecodeError as error:
+        raise PresetError(f"{path}: not UTF-8 text (byte {error.start}); a preset is a TOML text file: save it as UTF-8 "
+                          "and run again") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

@@ -8,6 +8,8 @@ preset field that lets it be skipped, or is counted and skipped when the preset 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +72,25 @@ def parse_line(raw: bytes, kind: Kind, first: bool = False) -> tuple[Any, Any] |
         return f"not valid JSON ({error.msg} at column {error.colno})"
     except RecordProblem as error:
         return str(error)
+    except RecursionError:
+        return "nested too deeply to read (thousands of [ or { levels)"
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits (Python's limit on int parsing)
+        return f"not readable JSON ({error})"
+
+
+def check_data_file(path: str | Path, setting: str) -> None:
+    """DataError unless `path` is a readable regular file: a directory, a FIFO (a reader would block on it
+    forever), a device or a missing path is named with the preset field that points at it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; check {setting}") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror}); check {setting}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a directory, not a jsonl file; point {setting} at the file inside it")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: is not a regular file (a pipe or a device); point {setting} at a jsonl file")
 
 
 def iter_jsonl(
@@ -100,6 +121,7 @@ def iter_parsed(
     """
     stats = stats if stats is not None else ReadStats()
     hint = skip_hint(setting or f"{kind}.on_bad_line")
+    check_data_file(path, f"{setting.rsplit('.', 1)[0] if setting else kind}.data_path")
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if stop_line is not None and line_no >= stop_line:

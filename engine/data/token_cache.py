@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from engine.atomic import publish_dir, write_json_atomic
-from engine.data.jsonl import Kind, skip_hint
+from engine.data.jsonl import Kind, check_data_file, skip_hint
 from engine.errors import DataError
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ def build_token_cache(
     from engine.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     data_path, cache_dir, stage = Path(data_path), Path(cache_dir), stage or kind
+    check_data_file(data_path, f"{stage}.data_path")
     key = cache_key(file_digest(data_path), tokenizer_fingerprint(tokenizer_dir), kind)
     final = cache_dir / key
     if (final / "meta.json").exists():
