@@ -226,6 +226,10 @@ class TrainStage(_Section):
     """AdamW beta2."""
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this (0 disables clipping)."""
+    skip_nonfinite_steps: int = Field(0, ge=0)
+    """Skip up to this many optimizer steps whose loss or gradients are NaN/inf (the update is dropped,
+    each skip is a warning event and counted in step events); 0 stops the run at the first one. Above 0,
+    every step checks its gradients, which costs one host synchronisation per step."""
     log_interval: int = Field(10, ge=1)
     """Optimizer steps between logged metrics."""
     eval_interval: int = Field(0, ge=0)

@@ -79,6 +79,7 @@ class StepEvent(_Event):
     eta_s: float
     tokens_seen: int
     epoch: float
+    skipped_nonfinite: int | None = None  # steps so far whose NaN/inf update was skipped (skip_nonfinite_steps)
     rss_mb: float | None = None
     mem_alloc_mb: float | None = None
     mem_peak_mb: float | None = None

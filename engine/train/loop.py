@@ -34,7 +34,7 @@ from engine.train.checkpointer import Checkpointer
 from engine.train.compile_policy import EAGER_CPU_MFU, Mode, decide
 from engine.train.evaluation import emit_sample, evaluate
 from engine.train.stage_data import batch_stream, make_blocks, sampler_state
-from engine.train.step import build_step, lr_at, train_step
+from engine.train.step import StepOutput, build_step, lr_at, train_step
 
 # How a stage ends when it returns (a failure raises); the pipeline turns it into the run's RunState.
 StageOutcome = Literal["finished", "stopped"]
@@ -67,6 +67,7 @@ class Progress:
     consumed: int = 0  # micro-batches drawn from the sampler since the stage began (its resume position)
     loss: float | None = None  # mean training loss of the last log window
     eval_loss: float | None = None
+    skipped_nonfinite: int = 0  # steps not applied because their loss or gradients were NaN/inf
 
 
 class LogWindow:
@@ -76,21 +77,26 @@ class LogWindow:
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
         self.steps = 0
+        self.loss_steps = 0  # steps whose loss counts (a skipped non-finite step takes time but has no loss)
         self.started = time.perf_counter()
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss += loss
+    def add(self, loss: torch.Tensor | None) -> None:
+        """One step done; `loss` None for a step whose update was skipped."""
+        if loss is not None:
+            self.loss += loss
+            self.loss_steps += 1
         self.steps += 1
 
     def restart_clock(self) -> None:
         """Time spent evaluating or saving is not training time."""
         self.started = time.perf_counter()
 
-    def close(self) -> tuple[float, int, float]:
+    def close(self) -> tuple[float | None, int, float]:
         """(mean loss, steps, seconds) of the window, and start the next one."""
-        mean, steps, seconds = self.loss.item() / self.steps, self.steps, time.perf_counter() - self.started
+        mean = self.loss.item() / self.loss_steps if self.loss_steps else None
+        steps, seconds = self.steps, time.perf_counter() - self.started
         self.loss.zero_()
-        self.steps = 0
+        self.steps = self.loss_steps = 0
         self.restart_clock()
         return mean, steps, seconds
 
@@ -148,7 +154,8 @@ def train_stage(
     if resumed_from is not None:
         state = resumed_from.state
         progress = Progress(resumed_from.step, state["tokens_seen"], state["batches_consumed"],
-                            state.get("metrics", {}).get("loss"), state.get("metrics", {}).get("eval_loss"))
+                            state.get("metrics", {}).get("loss"), state.get("metrics", {}).get("eval_loss"),
+                            state.get("skipped_nonfinite", 0))
 
     record = TuningRecord(Path(preset.runtime.cache_dir), precision.device)
     flops_tok = flops_per_token(preset.model, cfg.max_seq_len)
@@ -190,6 +197,7 @@ def train_stage(
             "batches_consumed": progress.consumed, "sampler": sampler_state(progress.consumed, batches_per_epoch),
             "model": preset.model.model_dump(mode="json"), "preset": preset.model_dump(mode="json"),
             "dtype": precision.dtype, "metrics": {"loss": progress.loss, "eval_loss": progress.eval_loss},
+            "skipped_nonfinite": progress.skipped_nonfinite,
         }
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -201,12 +209,14 @@ def train_stage(
         last_step = progress.step + 1 == total_steps
         log_step = (progress.step + 1) % cfg.log_interval == 0 or last_step
         lr = lr_at(progress.step, total_steps, cfg)
-        out = train_step(setup, batches, lr, want_grad_norm=log_step)
+        out = train_step(setup, batches, lr, want_grad_norm=log_step, skip_nonfinite=cfg.skip_nonfinite_steps > 0)
         setup.forward.step_done(time.perf_counter() - step_started)
         progress.step += 1
         progress.tokens_seen += tokens_per_step
         progress.consumed += cfg.accumulation_steps
-        window.add(out.loss)
+        if out.skipped:
+            skip_nonfinite_step(stage, cfg, progress, out, warn)
+        window.add(None if out.skipped else out.loss)
         if log_step:
             report(progress, window, lr, out.grad_norm, precision.device)
         if last_step or (cfg.eval_interval and progress.step % cfg.eval_interval == 0):
@@ -229,6 +239,20 @@ def train_stage(
                        checkpointer.last_path, seconds, progress.tokens_seen, extra=data_info)
 
 
+def skip_nonfinite_step(stage: str, cfg: TrainStage, progress: Progress, out: StepOutput,
+                        warn: Callable[[str], None]) -> None:
+    """Count a step whose update was dropped for NaN/inf; past `skip_nonfinite_steps` of them, stop the stage."""
+    progress.skipped_nonfinite += 1
+    what = f"loss {out.loss.item():.4g}, gradient norm {float(out.grad_norm) if out.grad_norm is not None else 'n/a'}"
+    if progress.skipped_nonfinite > cfg.skip_nonfinite_steps:
+        raise NonFiniteLoss(
+            f"{stage}: step {progress.step} was not finite ({what}), more than {stage}.skip_nonfinite_steps = "
+            f"{cfg.skip_nonfinite_steps} such steps. The last good checkpoint is kept. Lower {stage}.learning_rate, "
+            f"raise warmup_iters, keep grad_clip on, or check the data.")
+    warn(f"{stage}: step {progress.step} was not finite ({what}): update skipped "
+         f"({progress.skipped_nonfinite} of {cfg.skip_nonfinite_steps} allowed)")
+
+
 class StepReporter:
     """Closes a log window into a `step` event: loss, throughput, MFU, memory, ETA. A NaN/inf loss stops
     the stage here (the last good checkpoint is kept)."""
@@ -242,8 +266,8 @@ class StepReporter:
     def __call__(self, progress: Progress, window: LogWindow, lr: float, grad_norm: torch.Tensor | None,
                  device: torch.device) -> None:
         loss, steps, seconds = window.close()
-        progress.loss = loss
-        if not math.isfinite(loss):
+        progress.loss = loss if loss is not None else progress.loss  # None: every step of the window was skipped
+        if loss is not None and not math.isfinite(loss):
             raise NonFiniteLoss(
                 f"{self.stage}: the loss became {loss} at step {progress.step}. The last good checkpoint is kept. "
                 f"Lower {self.stage}.learning_rate, raise warmup_iters, keep grad_clip on, or check the data."
@@ -255,5 +279,6 @@ class StepReporter:
             samples_per_s=steps * self.cfg.batch_size * self.cfg.accumulation_steps / seconds,
             mfu=self.mfu(self.flops_per_token * tokens_per_s), mfu_note=self.mfu.note,
             eta_s=(self.total_steps - progress.step) * seconds / steps, tokens_seen=progress.tokens_seen,
+            skipped_nonfinite=progress.skipped_nonfinite,
             epoch=progress.consumed / self.batches_per_epoch, **memory_snapshot(device),
         ))

@@ -110,10 +110,14 @@ def build_step(preset: Preset, cfg: TrainStage, precision: Precision, record: Tu
 class StepOutput:
     loss: torch.Tensor  # mean loss over the step's micro-batches, on the device (reading it syncs the host)
     grad_norm: torch.Tensor | None  # before clipping; None when neither clipping nor a log step asked for it
+    skipped: bool = False  # the loss or gradients were not finite and the update was not applied
 
 
-def train_step(setup: StepSetup, batches: Iterator[Batch], lr: float, *, want_grad_norm: bool = False) -> StepOutput:
-    """One optimizer step over `setup.accumulation` micro-batches drawn from `batches`."""
+def train_step(setup: StepSetup, batches: Iterator[Batch], lr: float, *, want_grad_norm: bool = False,
+               skip_nonfinite: bool = False) -> StepOutput:
+    """One optimizer step over `setup.accumulation` micro-batches drawn from `batches`. With `skip_nonfinite`,
+    a step whose loss or gradient norm is NaN/inf is not applied (`StepOutput.skipped`); checking costs a
+    host synchronisation, so it is only done when asked."""
     optimizer, scaler, precision = setup.optimizer, setup.scaler, setup.precision
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -131,8 +135,15 @@ def train_step(setup: StepSetup, batches: Iterator[Batch], lr: float, *, want_gr
     grad_norm = None
     if setup.grad_clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
-    elif want_grad_norm:
+    elif want_grad_norm or skip_nonfinite:
         grad_norm = torch.nn.utils.clip_grad_norm_(setup.model.parameters(), float("inf"))
+    if skip_nonfinite:
+        assert grad_norm is not None  # measured just above whenever skip_nonfinite is set
+        if not bool(torch.isfinite(total) & torch.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.update()  # lowers the scale, as a skipped fp16 step does
+            return StepOutput(total, grad_norm, skipped=True)
     if scaler:
         scaler.step(optimizer)
         scaler.update()

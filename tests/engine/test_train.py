@@ -221,3 +221,50 @@ def test_a_token_cache_build_reports_its_progress(make_preset, monkeypatch):
     for event in progress:
         parse_event(event)
     assert asked == [3]
+
+
+def poison_training_steps(monkeypatch, steps: set[int]) -> None:
+    """Make the loss NaN on the given (1-based) training forward passes, as a bad batch or an overflow would."""
+    from engine.model import transformer
+
+    real_forward = transformer.CausalLM.forward
+    calls = [0]
+
+    def forward(self, input_ids, targets=None, **kwargs):
+        out = real_forward(self, input_ids, targets=targets, **kwargs)
+        if targets is not None and self.training:
+            calls[0] += 1
+            if calls[0] in steps:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(transformer.CausalLM, "forward", forward)
+
+
+def test_skip_nonfinite_steps_drops_bad_updates_and_counts_them(make_preset, monkeypatch) -> None:
+    """Guards against one NaN batch ending a long run when the preset allows skipping, against a skipped
+    update still reaching the weights, and against skips going uncounted."""
+    poison_training_steps(monkeypatch, {3, 5})
+    preset = make_preset(stages=["tokenizer", "pretrain"],
+                         pretrain={"max_steps": 8, "log_interval": 1, "skip_nonfinite_steps": 2})
+    run_dir = create_run(preset)
+    assert run_pipeline(run_dir).state == "finished"
+    events = list(iter_events(run_dir / "events.jsonl"))
+    warnings = [e.message for e in events if e.kind == "warning" and "not finite" in e.message]
+    assert len(warnings) == 2 and "step 3 was not finite" in warnings[0] and "(2 of 2 allowed)" in warnings[1]
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.skipped_nonfinite for e in steps] == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert steps[2].loss is None and all(e.loss is not None for e in steps if e.step not in (3, 5))
+    weights = load_file(str(run_dir / "checkpoints/pretrain/latest/model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_one_nonfinite_step_more_than_allowed_stops_the_run(make_preset, monkeypatch) -> None:
+    """Guards against skip_nonfinite_steps hiding a run that diverges for good: past the allowance the
+    stage fails with the step, the setting and the advice."""
+    poison_training_steps(monkeypatch, {2, 4})
+    run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"],
+                                     pretrain={"max_steps": 8, "skip_nonfinite_steps": 1}))
+    with pytest.raises(NonFiniteLoss, match=r"step 4 was not finite .* pretrain.skip_nonfinite_steps = 1"):
+        run_pipeline(run_dir)
+    assert read_status(run_dir)["state"] == "failed"
