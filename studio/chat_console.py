@@ -1,4 +1,5 @@
-"""The terminal chat's reply printer and its /tools command (kept out of cli.py, which only dispatches).
+"""The terminal chat's reply printer and its /tools, /think and /result commands (kept out of cli.py, which
+only dispatches; the Chat tab runs the same commands).
 
 Reasoning is printed dim on its own lines, apart from the answer; a tool call as `tool call: name(args)`.
 Pieces are printed as they stream: the parser releases text as soon as no tag can still be forming.
@@ -7,17 +8,26 @@ Pieces are printed as they stream: the parser releases text as soon as no tag ca
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
 
-from engine.chat.reply import ReplyParser, ToolCall, ToolSpecError, read_tool_specs
+from engine.chat.reply import (
+    ReplyParser,
+    ReplyStream,
+    ToolCall,
+    ToolResultError,
+    ToolSpecError,
+    read_tool_result,
+    read_tool_specs,
+)
 
 
 def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:
-    """Print a streamed reply split into its parts; returns the parser (what was said, for callers/tests)."""
-    parser = ReplyParser()
+    """Print a streamed reply split into its parts; returns the parser (what was said, for callers/tests).
+    A session's ReplyStream says where the reply starts (inside reasoning when the prompt opened `<think>`)."""
+    parser = pieces.parser() if isinstance(pieces, ReplyStream) else ReplyParser()
     last: str | None = None  # the part being printed: a new part starts on a new line
 
     def show(events: list) -> None:
@@ -45,9 +55,14 @@ def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:
     return parser
 
 
+def print_note(console: Console, line: str, ok: bool = True) -> None:
+    """A command's answer: dim when it worked, red when it was refused."""
+    console.print(f"[{'dim' if ok else 'red'}]{escape(line)}[/]", highlight=False)
+
+
 def print_tools_command(console: Console, argument: str, session: Any) -> bool:
     ok, line = tools_command(argument, session)
-    console.print(f"[{'dim' if ok else 'red'}]{escape(line)}[/]", highlight=False)
+    print_note(console, line, ok)
     return ok
 
 
@@ -70,5 +85,40 @@ def tools_command(argument: str, session: Any) -> tuple[bool, str]:
 
 def tool_names(specs: list[dict[str, Any]] | None) -> list[str]:
     """Each spec's name, also under OpenAI's {"type": "function", "function": {...}} wrapping."""
-    inner = [spec.get("function") if isinstance(spec.get("function"), dict) else spec for spec in specs or []]
+    inner = [spec["function"] if isinstance(spec.get("function"), dict) else spec for spec in specs or []]
     return [str(spec.get("name", "?")) for spec in inner]
+
+
+def think_command(argument: str, session: Any) -> tuple[bool, str]:
+    """`/think on|off` passes enable_thinking to a template that takes it; `/think` says how it stands."""
+    if not session.takes_thinking:
+        return False, "think: this model's chat template has no enable_thinking switch"
+    argument = argument.strip().lower()
+    if argument in ("on", "off"):
+        session.thinking = argument == "on"
+        return True, f"(thinking {argument} from the next reply on)"
+    if not argument:
+        state = {None: "the template's default", True: "on", False: "off"}[session.thinking]
+        return True, f"(thinking: {state}; /think on|off)"
+    return False, "think: /think on or /think off"
+
+
+ResultOutcome = Literal["refused", "waiting", "go"]
+
+
+def result_command(argument: str, session: Any) -> tuple[ResultOutcome, str]:
+    """`/result TEXT` or `/result @FILE` answers the next tool call waiting in `session` with a tool turn.
+    "go" when none waits any more (the caller lets the model continue_reply), "waiting" while the reply's
+    other calls still want theirs, "refused" (nothing recorded) when no call waits or the file is unreadable."""
+    try:
+        waiting = session.add_tool_result(read_tool_result(argument))
+    except ToolResultError as error:
+        return "refused", f"result: {error}"
+    if waiting:
+        return "waiting", f"(result recorded; still waiting: {', '.join(call_labels(waiting))}; /result for each)"
+    return "go", ""
+
+
+def call_labels(calls: list[dict[str, Any]]) -> list[str]:
+    """History tool calls ({"name", "arguments"}) written as the chat shows them: `name({...})`."""
+    return [ToolCall(call.get("name"), call.get("arguments", {}), "").label() for call in calls]

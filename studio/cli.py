@@ -108,14 +108,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 CHAT_HELP = ("commands: /clear (forget the conversation), /system TEXT (set the system prompt), "
-             "/tools FILE (JSON list of function specs) or /tools off, /quit")
+             "/tools FILE (JSON list of function specs) or /tools off, /result TEXT or /result @FILE (answer "
+             "the model's tool call), /think on|off (templates with enable_thinking), /quit")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from engine.chat.reply import read_tool_specs
     from engine.chat.session import ChatSession
     from engine.model.generate import Sampling
-    from studio.chat_console import print_reply, print_tools_command
+    from studio.chat_console import print_note, print_reply, print_tools_command, result_command, think_command
 
     tools = read_tool_specs(args.tools) if args.tools else None  # a bad file fails before the slow model load
     session = ChatSession.open(args.checkpoint, args.out_dir, device=args.device, system_prompt=args.system, tools=tools)
@@ -123,6 +124,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed)
     ckpt = session.checkpoint
     mode = "chat (SFT)" if session.mode == "chat" else "plain continuation (pretrain checkpoint)"
+    if session.takes_thinking:
+        mode += ", its template has a thinking switch (/think on|off)"
     console.print(f"[bold]{ckpt.path}[/] step {ckpt.step}: {mode}. {CHAT_HELP}", highlight=False)
     while True:
         try:
@@ -144,10 +147,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if text.strip().startswith("/tools"):
             print_tools_command(console, text.strip().removeprefix("/tools"), session)
             continue
-        if not text.strip():
+        if text.strip().startswith("/think"):
+            ok, line = think_command(text.strip().removeprefix("/think"), session)
+            print_note(console, line, ok)
             continue
+        if text.strip().startswith("/result"):
+            outcome, line = result_command(text.strip().removeprefix("/result"), session)
+            if outcome != "go":
+                print_note(console, line, ok=outcome == "waiting")
+                continue
+            stream = session.continue_reply(sampling)
+        elif not text.strip():
+            continue
+        else:
+            stream = session.reply(text, sampling)
         console.print("[bold cyan]ai>[/] ", end="")
-        print_reply(console, session.reply(text, sampling))
+        print_reply(console, stream)
+        if session.pending_calls():
+            console.print("[dim](give the tool's result with /result TEXT or /result @FILE)[/]")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

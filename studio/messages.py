@@ -109,14 +109,26 @@ class ChatPiece(Message):
 
 
 @dataclass
+class ChatStart(Message):
+    """A reply begins streaming in column `column`: `start` is where (engine.chat.reply.reply_start; "reasoning"
+    when the template's generation prompt opened `<think>`), so the log reads its first pieces as thinking."""
+
+    column: int
+    start: Literal["reasoning", "answer"]
+    epoch: int = 0
+
+
+@dataclass
 class ChatDone(Message):
-    """A reply finished (or was stopped); the elapsed time and the number of pieces for the status line."""
+    """A reply finished (or was stopped); the elapsed time and the number of pieces for the status line, and
+    the tokens of its think block for the folded reasoning's title."""
 
     column: int
     stopped: bool
     pieces: int
     seconds: float
     epoch: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass
@@ -128,6 +140,7 @@ class ChatReady(Message):
     step: int
     mode: Literal["chat", "continue"]  # engine.chat.session.ChatSession.mode: "continue" for a pretrain checkpoint
     epoch: int = 0
+    thinking_switch: bool = False  # its chat template takes enable_thinking (the tab's thinking switch applies)
 
 
 @dataclass

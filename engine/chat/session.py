@@ -15,7 +15,7 @@ import threading
 from collections.abc import Generator, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -40,7 +40,7 @@ class ChatSession:
         self.checkpoint = ckpt
         self.model = load_model(ckpt, device)
         self.tokenizer = load_tokenizer(ckpt.tokenizer_dir)
-        self.mode = "chat" if ckpt.stage != "pretrain" and self.tokenizer.chat_template else "continue"
+        self.mode: Literal["chat", "continue"] = "chat" if ckpt.stage != "pretrain" and self.tokenizer.chat_template else "continue"
         self.system_prompt = system_prompt
         self.tools = tools  # function specs rendered in the system turn (engine.chat.reply.read_tool_specs)
         # enable_thinking for templates that take it (takes_thinking); None leaves the template's own default.
@@ -173,6 +173,8 @@ class ChatSession:
                     seen = made
                     yield piece
             finally:
+                if parser.section == "reasoning":  # tokens that never made a whole character (cut off at the end)
+                    stream.reasoning_tokens += made - seen
                 parser.finish()
                 with self._history_lock:  # clear() cannot slip between the epoch check and the append
                     if self.mode == "chat" and self.epoch == epoch:

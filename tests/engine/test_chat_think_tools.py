@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,7 +12,7 @@ from engine.chat.reply import ReplyParser, ToolResultError, parse_reply, read_to
 from engine.chat.session import ChatSession
 from engine.model.generate import Sampling
 from tests.engine.chat_fixtures import MINIMIND_STYLE_TEMPLATE, minimind_messages
-from tests.support.chat_templates import model_with_template, qwen3_style_template
+from tests.support.chat_templates import model_with_template, qwen3_style_template, script
 
 ADD = {"name": "add", "description": "add two numbers", "parameters": {"type": "object"}}
 CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
@@ -34,21 +32,6 @@ IDS_TEMPLATE = (
 def qwen3_model(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained model as a Hugging Face folder whose tokenizer adopted a Qwen3-style thinking template."""
     return model_with_template(trained_run, tmp_path_factory.mktemp("qwen3") / "model", qwen3_style_template("<s>", "</s>"))
-
-
-def script(session: ChatSession, monkeypatch: pytest.MonkeyPatch, replies: list[str]) -> list[str]:
-    """The model says `replies` in turn, each through the real tokenizer (encoded, then streamed and decoded as
-    generated tokens are); returns the decoded prompts it was given. Everything around generation is real."""
-    import engine.chat.session
-
-    prompts: list[str] = []
-
-    def generate(model: Any, prompt: list[int], sampling: Any, stop_ids: Any, use_cache: bool = True) -> Iterator[int]:
-        prompts.append(session.tokenizer.decode(prompt))
-        yield from session.tokenizer.encode(replies.pop(0), add_special_tokens=False)
-
-    monkeypatch.setattr(engine.chat.session, "generate", generate)
-    return prompts
 
 
 def test_reply_start_reads_the_prompt_tail() -> None:
@@ -98,7 +81,7 @@ def test_closing_think_in_the_reply_leaves_only_the_answer_in_the_history(qwen3_
     """Guards against the reasoning of a prompt-opened think block reaching the history (and the next
     prompt), and against its token count including the answer."""
     session = ChatSession.open(qwen3_model)
-    prompts = script(session, monkeypatch, ["the user greets me\n</think>\n\nhello there", "ok"])
+    prompts = script(session.tokenizer, monkeypatch, ["the user greets me\n</think>\n\nhello there", "ok"])
     stream = session.reply("hi")
     raw = "".join(stream)
     parsed = parse_reply(raw, stream.start)
@@ -133,7 +116,7 @@ def test_a_tool_result_lets_the_model_go_on_and_the_history_is_minimind_data(
         source = model_with_template(trained_run, tmp_path / "model", text)
     session = ChatSession.open(source, system_prompt="You can call tools.", tools=[ADD])
     lead = "add them\n</think>\n\n" if template == "qwen3" else ""  # its prompt opened the think block
-    prompts = script(session, monkeypatch, [lead + CALL, lead + "It is 5."])
+    prompts = script(session.tokenizer, monkeypatch, [lead + CALL, lead + "It is 5."])
 
     stream = session.reply("2 plus 3?")
     parsed = stream.parser()
@@ -172,7 +155,7 @@ def test_tool_results_are_refused_without_a_call_and_follow_the_calls_in_order(
     with pytest.raises(ToolResultError, match="no tool call to answer"):
         session.add_tool_result("5")
     two = CALL + '\n<tool_call>\n{"name": "mul", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
-    prompts = script(session, monkeypatch, ["just text", two, "5 and 6"])
+    prompts = script(session.tokenizer, monkeypatch, ["just text", two, "5 and 6"])
     session.answer("hello")
     with pytest.raises(ToolResultError, match="called no tool"):
         session.add_tool_result("5")

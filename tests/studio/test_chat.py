@@ -7,7 +7,7 @@ from pathlib import Path
 from textual.message import Message
 from textual.widgets import Input, Select
 
-from engine.chat.reply import parse_reply
+from engine.chat.reply import ReplyStream, parse_reply
 from studio.app import StudioApp
 from studio.messages import ChatDone, ChatPiece
 from studio.screens.error_modal import ErrorModal
@@ -77,13 +77,17 @@ class EndlessSession:
     """Stands in for engine.chat.session.ChatSession: an answer that never ends unless stopped."""
 
     mode = "chat"
+    takes_thinking = False
 
     def __init__(self) -> None:
         self.history: list[dict[str, str]] = []
         self.system_prompt = None
 
-    def reply(self, text, sampling):
+    def reply(self, text, sampling) -> ReplyStream:
         """Like ChatSession.reply: endless, and a stopped turn is kept in the history."""
+        return ReplyStream(self._pieces(text))
+
+    def _pieces(self, text):
         import time
 
         pieces = []

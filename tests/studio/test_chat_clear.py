@@ -9,6 +9,7 @@ import pytest
 from textual.message import Message
 from textual.widgets import Input
 
+from engine.chat.reply import ReplyStream
 from studio.app import StudioApp
 from studio.messages import ChatDone, ChatPiece
 from studio.widgets.chat.chat_log import ChatLog
@@ -32,7 +33,7 @@ def hold_after(session, pieces: int, gate: threading.Event):
             finally:
                 stream.close()  # the real generator's `finally` decides what joins the history
 
-        return held()
+        return ReplyStream(held(), stream.start)
 
     return held_reply
 

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from textual.widgets import Input
 
-from engine.chat.reply import parse_reply
+from engine.chat.reply import ReplyStream, parse_reply
 from studio.app import StudioApp
 from studio.chat_console import print_reply, tools_command
 from studio.widgets.chat.chat_log import ChatLog
@@ -25,6 +25,7 @@ class ScriptedSession:
     """Stands in for engine.chat.session.ChatSession: streams REPLY in fixed pieces and records the tools it got."""
 
     mode = "chat"
+    takes_thinking = False
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -32,8 +33,11 @@ class ScriptedSession:
         self.tools: list[dict[str, Any]] | None = None
         self.tools_seen: list[Any] = []
 
-    def reply(self, text, sampling):
+    def reply(self, text, sampling) -> ReplyStream:
         self.tools_seen.append(self.tools)
+        return ReplyStream(self._pieces(text))
+
+    def _pieces(self, text):
         yield from PIECES
         self.history += [{"role": "user", "content": text}, parse_reply(REPLY).assistant_message()]
 
@@ -69,7 +73,7 @@ async def test_tab_shows_reasoning_apart_and_the_call_as_a_call(trained_run: Pat
         log = app.query_one("#chat-log-0", ChatLog)
         assert log.reply_text == "Calling add." and log.raw_text == REPLY
         reasoning = log.query(".reasoning")
-        assert len(reasoning) == 1 and str(reasoning.first().render()) == "thinking: add them — 2 und 3"
+        assert len(reasoning) == 1 and str(log.query_one(".reasoning-text").render()) == "add them — 2 und 3"
         calls = [str(w.render()) for w in log.query(".tool-call")]
         assert calls == ['tool call: add({"a": 2, "b": 3})']
         children = list(log.children)

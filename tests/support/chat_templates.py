@@ -10,7 +10,12 @@ tokenizer ends turns with `</s>` keeps stopping where it learned to.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def qwen3_style_template(bos: str = "<|im_start|>", eos: str = "<|im_end|>") -> str:
@@ -72,3 +77,18 @@ def model_with_template(run_dir: Path, dest: Path, template: str) -> Path:
     config["chat_template"] = template
     config_path.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
     return dest
+
+
+def script(tokenizer: Any, monkeypatch: pytest.MonkeyPatch, replies: list[str]) -> list[str]:
+    """Every chat model says `replies` in turn, each through the real `tokenizer` (encoded, then streamed and
+    decoded as generated tokens are); returns the decoded prompts it was given. All around generation is real."""
+    import engine.chat.session
+
+    prompts: list[str] = []
+
+    def generate(model: Any, prompt: list[int], sampling: Any, stop_ids: Any, use_cache: bool = True) -> Iterator[int]:
+        prompts.append(tokenizer.decode(prompt))
+        yield from tokenizer.encode(replies.pop(0), add_special_tokens=False)
+
+    monkeypatch.setattr(engine.chat.session, "generate", generate)
+    return prompts

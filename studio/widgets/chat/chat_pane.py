@@ -3,35 +3,46 @@
 The model (torch) is loaded inside a thread worker on first use; the worker iterates
 ChatSession.reply and posts each text piece, checking a stop flag between pieces, so the UI never
 waits on generation. With two checkpoints, the same prompt goes to both at the same seed.
+A reply's tool call is answered with `/result TEXT|@FILE`: the result joins each column whose last reply
+waits for one, and once none waits the model goes on (ChatSession.continue_reply).
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Collapsible, Input, Label, Select, Static
+from textual.widgets import Input, Select, Static
 
 from engine.chat.reply import ToolSpecError, read_tool_specs
-from studio.chat_console import tool_names
+from studio.chat_console import call_labels, result_command, tool_names
 from studio.checkpoint_list import list_checkpoint_choices
-from studio.messages import ChatDone, ChatPiece, ChatReady
+from studio.messages import ChatDone, ChatPiece, ChatReady, ChatStart
 from studio.paths import display_path
 from studio.widgets.chat.chat_log import ChatLog
+from studio.widgets.chat.chat_settings import ChatSettings
 from studio.widgets.pane import Pane
 
-SAMPLING_FIELDS = (  # id, label, default, type
-    ("temperature", "temp", "0.7", float), ("top_p", "top-p", "0.9", float), ("top_k", "top-k", "0", int),
-    ("repetition_penalty", "rep", "1.1", float), ("max_new_tokens", "max tok", "256", int), ("seed", "seed", "", int),
-)
-HELP = ("Enter: send · /clear · /system TEXT · /tools FILE|off · /load PATH (any checkpoint or HF dir) · "
-        "^s stop · ^l clear · ^y copy")
+HELP = ("Enter: send · /clear · /system TEXT · /tools FILE|off · /result TEXT|@FILE · /think on|off · "
+        "/load PATH · ^s stop · ^l clear · ^y copy")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a worker asks its session: `text` from the user, or None to go on after tool results; the
+    settings as read on the UI thread."""
+
+    text: str | None
+    sampling: dict[str, Any]
+    system: str | None
+    tools: list[dict[str, Any]] | None
+    thinking: bool
 
 
 class ChatPane(Pane):
@@ -59,15 +70,7 @@ class ChatPane(Pane):
         with Horizontal(id="chat-pickers"):
             yield Select([], prompt="checkpoint…", id="ckpt-0", compact=True)
             yield Select([], prompt="side by side: off", id="ckpt-1", compact=True)
-        with Collapsible(title="sampling & system prompt", collapsed=True, id="chat-settings"):
-            with Horizontal(id="chat-sampling"):
-                for ident, label, default, _ in SAMPLING_FIELDS:
-                    yield Label(label)
-                    yield Input(default, id=f"s-{ident}", classes="num", placeholder="random" if ident == "seed" else "",
-                                compact=True)
-            yield Input(placeholder="system prompt (SFT checkpoints)", id="s-system", compact=True)
-            yield Input(placeholder="tools: a JSON file of function specs, offered in the system turn (/tools FILE)",
-                        id="s-tools", compact=True)
+        yield ChatSettings()
         with Horizontal(id="chat-columns"):
             yield ChatLog(0, id="chat-log-0", classes="chat-log")
             yield ChatLog(1, id="chat-log-1", classes="chat-log hidden")
@@ -123,24 +126,9 @@ class ChatPane(Pane):
 
     # ---- sending
 
-    def sampling_values(self) -> dict[str, Any]:
-        """engine.model.generate.Sampling fields read from the inputs (on the UI thread; workers get the dict)."""
-        values: dict[str, Any] = {}
-        for ident, label, default, kind in SAMPLING_FIELDS:
-            if ident == "seed":
-                continue
-            text = self.query_one(f"#s-{ident}", Input).value.strip()
-            try:
-                values[ident] = kind(text or default)
-            except ValueError:
-                raise ValueError(f"{label}: {text!r} is not a number") from None
-        return values
-
-    def seed(self, sharing: bool) -> int | None:
-        text = self.query_one("#s-seed", Input).value.strip()
-        if text:
-            return int(text)
-        return random.randrange(2**31) if sharing else None  # side by side: one seed for both
+    @property
+    def settings(self) -> ChatSettings:
+        return self.query_one(ChatSettings)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "chat-input":
@@ -163,6 +151,12 @@ class ChatPane(Pane):
         if stripped.startswith("/tools"):
             self.set_tools(stripped.removeprefix("/tools").strip())
             return
+        if stripped.startswith("/think"):
+            self.set_thinking(stripped.removeprefix("/think").strip())
+            return
+        if stripped.startswith("/result"):
+            self.give_result(stripped.removeprefix("/result"))
+            return
         if stripped.startswith("/load"):
             self.overrides[0] = Path(stripped.removeprefix("/load").strip()).expanduser()
             self.query_one("#chat-log-0", ChatLog).add_note(f"checkpoint: {self.overrides[0]}")
@@ -171,36 +165,87 @@ class ChatPane(Pane):
         if not columns:
             self.notify("no checkpoint yet: train a run first (or /load PATH)", severity="warning")
             return
+        if not self.free():
+            return
+        ask = self.ask(text, sharing=len(columns) > 1)
+        if ask is None:
+            return
+        for column in columns:
+            self.query_one(f"#chat-log-{column}", ChatLog).add_user(text)
+        self.start(columns, ask)
+
+    def free(self) -> bool:
         if self.busy:
             self.notify("a reply is still streaming (ctrl+s stops it)", severity="warning")
-            return
+        return not self.busy
+
+    def ask(self, text: str | None, sharing: bool) -> Ask | None:
+        """The settings read for one send (None, with the reason shown, when a field is wrong)."""
+        settings = self.settings
         try:
-            seed = self.seed(sharing=len(columns) > 1)
-            sampling = {**self.sampling_values(), "seed": seed}
+            sampling = {**settings.sampling_values(), "seed": settings.seed(sharing)}
         except ValueError as error:
             self.notify(f"sampling settings: {error}", severity="error")
-            return
+            return None
         try:
-            tools = self.tool_specs()
+            tools = settings.tool_specs()
         except ToolSpecError as error:
             self.notify(str(error), title="tools", severity="error")
-            return
-        system = self.query_one("#s-system", Input).value.strip() or None
+            return None
+        return Ask(text, sampling, settings.system, tools, settings.thinking)
+
+    def start(self, columns: list[int], ask: Ask) -> None:
         self.stop_flag.clear()
         epoch = self.epoch
         for column in columns:
-            self.query_one(f"#chat-log-{column}", ChatLog).add_user(text)
             self.busy.add(column)
             path = self.checkpoint(column)
-            self.run_worker(lambda c=column, p=path: self._reply(c, p, text, sampling, system, tools, epoch),
+            self.run_worker(lambda c=column, p=path: self._reply(c, p, ask, epoch),
                             thread=True, exclusive=True, exit_on_error=False, group=f"chat-{column}",
                             name=f"chat with {path}")
         self.query_one("#chat-status", Static).update("generating… ctrl+s stops")
 
-    def tool_specs(self) -> list[dict[str, Any]] | None:
-        """The specs in the tools field's file, read at each send so an edited file counts (UI thread: it is small)."""
-        path = self.query_one("#s-tools", Input).value.strip()
-        return read_tool_specs(path) if path else None
+    def give_result(self, argument: str) -> None:
+        """`/result TEXT|@FILE`: the result of the waiting tool call in each column that has one (on the UI
+        thread: no worker runs, so the sessions are at rest); the model goes on where none waits any more."""
+        if not self.free():
+            return
+        waiting = {c: s for c in self.columns() if (s := self.resting_session(c)) is not None and s.pending_calls()}
+        if not waiting:
+            self.notify("no tool call to answer: the model's last reply called no tool (a result answers a "
+                        "'tool call: ...' line, before the next message)", title="result", severity="error")
+            return
+        ask = self.ask(None, sharing=len(waiting) > 1)
+        if ask is None:
+            return
+        go = []
+        for column, session in waiting.items():
+            call = call_labels(session.pending_calls()[:1])[0]
+            outcome, line = result_command(argument, session)
+            if outcome == "refused":
+                self.notify(line, title="result", severity="error")
+                return  # the same argument fails in every column (an unreadable file)
+            log = self.query_one(f"#chat-log-{column}", ChatLog)
+            log.add_tool_result(call, session.history[-1]["content"], continues=outcome == "go")
+            if outcome == "go":
+                go.append(column)
+            else:
+                log.add_note(line)
+        if go:
+            self.start(go, ask)
+
+    def resting_session(self, column: int) -> Any:
+        """The column's session when it holds the column's checkpoint (else None: nothing asked it yet)."""
+        return self.sessions.get(column) if self.loaded.get(column) == self.checkpoint(column) else None
+
+    def set_thinking(self, argument: str) -> None:
+        """`/think on|off` flips the thinking switch (it reaches templates with enable_thinking only)."""
+        if argument not in ("on", "off"):
+            self.notify("/think on or /think off", title="thinking", severity="warning")
+            return
+        self.settings.thinking = argument == "on"
+        self.query_one("#chat-log-0", ChatLog).add_note(
+            f"thinking {argument} (for templates with enable_thinking, from the next reply on)")
 
     def set_tools(self, argument: str) -> None:
         """`/tools FILE` fills the tools field once the file reads as specs; `/tools off` empties it."""
@@ -225,20 +270,22 @@ class ChatPane(Pane):
             session = ChatSession.open(str(path), str(self.studio_app.runs_dir), device=self.device)
             self.sessions[column], self.loaded[column] = session, path
             ckpt = session.checkpoint
-            self.post_message(ChatReady(column, Path(ckpt.path), ckpt.step, session.mode, epoch))
+            self.post_message(ChatReady(column, Path(ckpt.path), ckpt.step, session.mode, epoch, session.takes_thinking))
         return self.sessions[column]
 
-    def _reply(self, column: int, path: Path, text: str, sampling: dict[str, Any], system: str | None,
-               tools: list[dict[str, Any]] | None = None, epoch: int = 0) -> None:
+    def _reply(self, column: int, path: Path, ask: Ask, epoch: int = 0) -> None:
         try:
             from engine.model.generate import (
                 Sampling,  # torch: only ever imported here, in the worker
             )
 
             session = self._session(column, path, epoch)
-            session.system_prompt, session.tools = system, tools
+            session.system_prompt, session.tools = ask.system, ask.tools
+            session.thinking = ask.thinking if session.takes_thinking else None
             started, pieces, stopped = time.monotonic(), [], False
-            stream = session.reply(text, Sampling(**sampling))
+            sampling = Sampling(**ask.sampling)
+            stream = session.reply(ask.text, sampling) if ask.text is not None else session.continue_reply(sampling)
+            self.post_message(ChatStart(column, stream.start, epoch))
             try:
                 for piece in stream:
                     pieces.append(piece)
@@ -248,7 +295,8 @@ class ChatPane(Pane):
                         break
             finally:
                 stream.close()  # the session keeps the partial answer in its history
-            self.post_message(ChatDone(column, stopped, len(pieces), time.monotonic() - started, epoch))
+            self.post_message(ChatDone(column, stopped, len(pieces), time.monotonic() - started, epoch,
+                                       stream.reasoning_tokens))
         except BaseException:
             self.post_message(ChatDone(column, True, 0, 0.0, epoch))
             raise
@@ -259,8 +307,14 @@ class ChatPane(Pane):
         if message.epoch != self.epoch:
             return  # the conversation it was loaded for was cleared; the session stays loaded
         mode = "chat (SFT)" if message.mode == "chat" else "plain continuation (pretrain checkpoint)"
+        if message.thinking_switch:
+            mode += f" · thinking {'on' if self.settings.thinking else 'off'} (its template takes enable_thinking)"
         log = self.query_one(f"#chat-log-{message.column}", ChatLog)
         log.add_note(f"loaded {display_path(message.path)} step {message.step}: {mode}", before_turn=True)
+
+    def on_chat_start(self, message: ChatStart) -> None:
+        if message.epoch == self.epoch:
+            self.query_one(f"#chat-log-{message.column}", ChatLog).begin_reply(message.start)
 
     def on_chat_piece(self, message: ChatPiece) -> None:
         if message.epoch != self.epoch:
@@ -273,7 +327,7 @@ class ChatPane(Pane):
             log = self.query_one(f"#chat-log-{message.column}", ChatLog)
             rate = message.pieces / message.seconds if message.seconds > 0 else 0.0
             note = f"{'stopped · ' if message.stopped else ''}{message.pieces} pieces · {rate:.1f}/s" if message.pieces else ""
-            log.end_reply(note)
+            log.end_reply(note, message.reasoning_tokens)
         if not self.busy:
             self.query_one("#chat-status", Static).update(HELP)
 
