@@ -9,24 +9,19 @@ import pytest
 
 from engine.data.cache_build import default_workers, line_ranges
 from engine.data.token_cache import build_token_cache
-from engine.data.tokenizer import train_tokenizer
 from engine.errors import DataError
 from tests.engine.chat_fixtures import (
     RECORDS,
     corpus_texts,
-    make_minimind_style_dir,
     write_jsonl,
 )
 
 DATA_FILES = ("tokens.bin", "mask.bin", "offsets.npy")
 
 
-@pytest.fixture(scope="module")
-def tok_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("toks")
-    corpus = write_jsonl(root / "corpus.jsonl", [{"text": t} for t in corpus_texts()])
-    train_tokenizer(corpus, root / "builtin", 400, heldout_lines=0)
-    return {"builtin": root / "builtin", "minimind": make_minimind_style_dir(root / "minimind")}
+@pytest.fixture
+def tok_dirs(builtin_dir: Path, minimind_dir: Path) -> dict[str, Path]:
+    return {"builtin": builtin_dir, "minimind": minimind_dir}
 
 
 def _same_cache(a, b) -> None:

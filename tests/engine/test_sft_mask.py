@@ -15,11 +15,9 @@ from engine.data.sft_mask import (
     tokenizer_render,
 )
 from engine.data.token_cache import build_token_cache
-from engine.data.tokenizer import BOS, EOS, load_tokenizer, train_tokenizer
+from engine.data.tokenizer import BOS, EOS, load_tokenizer
 from tests.engine.chat_fixtures import (
     RECORDS,
-    corpus_texts,
-    make_minimind_style_dir,
     minimind_messages,
     write_jsonl,
 )
@@ -50,19 +48,6 @@ LEARNED_MINIMIND = [
      "6 times 7 is 42; Paris has rain at 12 C.<|im_end|>"],
     [CALL_CALC + "<|im_end|>", "five<|im_end|>"],
 ]
-
-
-@pytest.fixture(scope="module")
-def builtin_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("builtin")
-    corpus = write_jsonl(root / "corpus.jsonl", [{"text": t} for t in corpus_texts()])
-    train_tokenizer(corpus, root / "tokenizer", 400, heldout_lines=0)
-    return root / "tokenizer"
-
-
-@pytest.fixture(scope="module")
-def minimind_dir(tmp_path_factory):
-    return make_minimind_style_dir(tmp_path_factory.mktemp("minimind") / "model")
 
 
 @pytest.fixture(scope="module")
