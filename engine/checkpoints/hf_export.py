@@ -113,6 +113,10 @@ def is_hf_dir(path: Path) -> bool:
 def read_hf_checkpoint(path: Path) -> Checkpoint:
     """An HF Llama directory as a starting checkpoint (the weights load by name, no conversion)."""
     data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if data.get("auto_map") or data.get("trust_remote_code"):
+        raise ExportError(f"{path}: config.json asks for the model's own code (auto_map); minimind-studio never runs "
+                          "code shipped with a model. Only plain Llama-architecture folders load (model_type llama, "
+                          "no auto_map)")
     if data.get("model_type") != "llama":
         raise ExportError(f"{path}: model_type {data.get('model_type')!r} is not supported; only Llama-architecture models import")
     rope = data.get("rope_parameters") or {}

@@ -41,10 +41,30 @@ def _find_checkpoint(spec: str, out_dir: str | Path, prefer: tuple[str, ...]) ->
             found = latest_checkpoint(path / "checkpoints" / stage)
             if found:
                 return found
+        refuse_pickles(path)
     raise CheckpointError(
         f"no checkpoint found at {spec!r}: give a checkpoint directory (runs/<id>/checkpoints/<stage>/latest), "
         f"a run directory, a run id under {out_dir}, or an exported Hugging Face model directory"
     )
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+def refuse_pickles(path: Path) -> None:
+    """A CheckpointError when `path` is, or is a folder of, pickled weights (minimind publishes `.pth` state
+    dicts; transformers once wrote `pytorch_model.bin`). Unpickling a file can run any code in it, so the
+    studio loads safetensors only and says how to convert a file the user trusts."""
+    pickles = [path] if path.is_file() and path.suffix in PICKLE_SUFFIXES else (
+        sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES) if path.is_dir() else [])
+    if pickles:
+        names = ", ".join(p.name for p in pickles[:3])
+        raise CheckpointError(
+            f"{path}: holds pickled weights ({names}); loading a pickle can run any code in it, so only "
+            "safetensors checkpoints load here. If you trust the file, convert it once: python -c \"import torch; "
+            "from safetensors.torch import save_file; save_file(torch.load('IN.pth', weights_only=True), "
+            "'model.safetensors')\" and put it beside a Llama config.json (an exported folder), or start from a "
+            "checkpoint this studio trained")
 
 
 def newest_matching_checkpoint(out_dir: str | Path, stage: str, model: ModelConfig) -> Checkpoint:

@@ -79,3 +79,46 @@ def test_chat_and_export_refuse_a_damaged_checkpoint_naming_the_file(make_preset
         resolve_checkpoint(str(latest))
     earlier = list_checkpoints(run_dir / "checkpoints" / "pretrain")[0]
     assert resolve_checkpoint(str(earlier)).step == 2  # the intact ones still load
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle that creates a file when loaded: what a malicious .pth could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("name", ["full_sft_512.pth", "pytorch_model.bin"])
+def test_pickled_weights_are_refused_without_being_unpickled(tmp_path: Path, name: str) -> None:
+    """Guards against loading a downloaded .pth/.bin (minimind's published state dicts, old transformers
+    folders): unpickling runs whatever code the file holds, so it must be refused with the reason and the
+    way to convert a trusted file, and never opened as a pickle."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    (folder / name).write_bytes(pickle.dumps({"weight": _RunsCodeWhenUnpickled(marker)}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    for spec in (folder, folder / name):
+        with pytest.raises(CheckpointError, match=r"pickled weights .*safetensors.*weights_only=True"):
+            resolve_checkpoint(str(spec))
+    assert not marker.exists()
+
+
+def test_a_model_folder_that_asks_for_remote_code_is_refused(tmp_path: Path) -> None:
+    """Guards against a Hugging Face folder whose config.json names its own modelling code (auto_map):
+    the studio runs no code shipped with a model."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    save_file({"x": torch.zeros(1)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "auto_map": {
+        "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}}))
+    with pytest.raises(CheckpointError, match="auto_map"):
+        resolve_checkpoint(str(folder))
