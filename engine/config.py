@@ -191,7 +191,9 @@ class TokenizerStage(_Section):
     model_max_length: int = Field(32768, ge=16)
     """model_max_length written to tokenizer_config.json."""
     on_bad_line: Literal["error", "skip"] = "error"
-    """What to do with a malformed jsonl line: stop with its line number, or skip and count it."""
+    """What to do with a malformed jsonl line: stop with its line number, or skip and count it. When the
+    tokenizer reads the same file as pretraining and pretrain.on_bad_line = "skip", its bad lines are
+    skipped here too (one file, one rule)."""
 
 
 class TrainStage(_Section):

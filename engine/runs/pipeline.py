@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine.atomic import write_json_atomic
 from engine.checkpoints.checkpoint import Checkpoint, latest_checkpoint
@@ -123,11 +123,20 @@ def prepare_tokenizer(preset: Preset, run_dir: Path, log: EventLog, resume: bool
     else:
         report = train_tokenizer(
             Path(cfg.data_path), out, preset.model.vocab_size, heldout_lines=cfg.heldout_lines,
-            max_train_chars=cfg.max_train_chars, model_max_length=cfg.model_max_length, on_bad_line=cfg.on_bad_line,
+            max_train_chars=cfg.max_train_chars, model_max_length=cfg.model_max_length,
+            on_bad_line=tokenizer_bad_line_rule(preset),
         )
     summary = report.to_dict()
     log.emit(StageEndEvent(stage="tokenizer", state=RunState.FINISHED, step=1, total_steps=1, **summary))
     return summary
+
+
+def tokenizer_bad_line_rule(preset: Preset) -> Literal["error", "skip"]:
+    """tokenizer.on_bad_line, unless the tokenizer reads pretraining's own file and pretraining skips bad lines:
+    then the tokenizer skips them too (stopping on a line the next stage will skip anyway helps no one)."""
+    cfg = preset.tokenizer
+    same_file = "pretrain" in preset.stages and resolve_path(cfg.data_path) == resolve_path(preset.pretrain.data_path)
+    return "skip" if same_file and preset.pretrain.on_bad_line == "skip" else cfg.on_bad_line
 
 
 def from_weight_checkpoint(stage: StageName, preset: Preset) -> Checkpoint | None:

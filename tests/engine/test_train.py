@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from engine.checkpoints.checkpoint import list_checkpoints, read_checkpoint
 from engine.config import TrainStage
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, DataError
 from engine.events import Event, iter_events
 from engine.runs.pipeline import run_pipeline
 from engine.runs.run_dir import create_run, read_status, request_stop
@@ -268,3 +268,23 @@ def test_one_nonfinite_step_more_than_allowed_stops_the_run(make_preset, monkeyp
     with pytest.raises(NonFiniteLoss, match=r"step 4 was not finite .* pretrain.skip_nonfinite_steps = 1"):
         run_pipeline(run_dir)
     assert read_status(run_dir)["state"] == "failed"
+
+
+def test_pretrain_skip_rule_covers_the_tokenizer_reading_the_same_file(make_preset, tmp_path) -> None:
+    """Guards against a run with pretrain.on_bad_line = "skip" still stopping at the first bad line in the
+    tokenizer stage, which reads the same file (issue 15); a different file keeps tokenizer.on_bad_line."""
+    source = Path(make_preset().pretrain.data_path)
+    dirty = tmp_path / "dirty.jsonl"
+    lines = source.read_text(encoding="utf-8").splitlines()
+    dirty.write_text("\n".join(lines[:5] + ["{not json", '{"txt": "wrong key"}'] + lines[5:]) + "\n", encoding="utf-8")
+    preset = make_preset(stages=["tokenizer", "pretrain"], tokenizer={"data_path": str(dirty)},
+                         pretrain={"data_path": str(dirty), "on_bad_line": "skip", "max_steps": 2})
+    run_dir = create_run(preset)
+    assert run_pipeline(run_dir).state == "finished"
+    end = next(e for e in iter_events(run_dir / "events.jsonl") if e.kind == "stage_end" and e.stage == "tokenizer")
+    assert end.skipped_lines == 2
+
+    elsewhere = make_preset(stages=["tokenizer", "pretrain"], tokenizer={"data_path": str(dirty)},
+                            pretrain={"on_bad_line": "skip", "max_steps": 2})
+    with pytest.raises(DataError, match=r'dirty.jsonl:6: .*tokenizer.on_bad_line = "skip"'):
+        run_pipeline(create_run(elsewhere))
