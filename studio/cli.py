@@ -161,6 +161,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         else:
             stream = session.reply(text, sampling)
+        if stream.notice:
+            print_note(console, f"({stream.notice})", ok=True)
         console.print("[bold cyan]ai>[/] ", end="")
         print_reply(console, stream)
         if session.pending_calls():

@@ -190,6 +190,19 @@ class ReplyStream:
     pieces: Generator[str, None, None]
     start: Kind = "answer"
     reasoning_tokens: int = 0
+    # Fitting the prompt into the model's context: whole oldest turns dropped from the conversation, and
+    # whether even the newest turn alone was too long (then only its end is read). `notice` says it in words.
+    dropped_turns: int = 0
+    cut_prompt: bool = False
+
+    @property
+    def notice(self) -> str | None:
+        parts = []
+        if self.dropped_turns:
+            parts.append(f"the {self.dropped_turns} oldest message(s) were dropped to fit the model's context")
+        if self.cut_prompt:
+            parts.append("the message is longer than the model's context: only its end was read")
+        return "; ".join(parts) or None
 
     def __iter__(self) -> ReplyStream:
         return self

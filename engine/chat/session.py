@@ -101,6 +101,23 @@ class ChatSession:
         text = self.prompt_text(turns)
         return self.tokenizer.encode(text, add_special_tokens=False), reply_start(text)
 
+    def _fitted_prompt(self, turns: list[dict[str, Any]], user_text: str, sampling: Sampling
+                       ) -> tuple[list[int], Kind, int]:
+        """The prompt, with the oldest whole messages dropped from the history (for good: the history is
+        what the model sees) until it leaves room for the reply in the model's context; (ids, start,
+        messages dropped). What still does not fit is cut from the front by generate()."""
+        room = max(1, self.model.config.max_position_embeddings - sampling.max_new_tokens)
+        ids, start = self._prompt(turns, user_text)
+        dropped = 0
+        while len(ids) > room and self.history and self.mode == "chat":
+            with self._history_lock:
+                # A whole exchange: the oldest message and what answers it, up to the next user message.
+                cut = next((i for i, m in enumerate(self.history[1:], 1) if m["role"] == "user"), len(self.history))
+                del self.history[:cut]
+            dropped += cut
+            ids, start = self._prompt(turns, user_text)
+        return ids, start, dropped
+
     def reply(self, user_text: str, sampling: Sampling | None = None, use_cache: bool = True) -> ReplyStream:
         """Stream the raw reply piece by piece (split it with the stream's parser() to show it). The turn
         joins the history when the stream ends, also when the caller stops it early (closing the
@@ -109,8 +126,9 @@ class ChatSession:
         the turn belongs to the conversation it was asked in, which was cleared, and is dropped."""
         # Not a generator itself: the prompt and the epoch are taken now, when the question is asked.
         turns = [{"role": "user", "content": user_text}]
-        ids, start = self._prompt(turns, user_text)
-        return self._stream(ids, start, turns, sampling or Sampling(), use_cache, self.epoch)
+        sampling = sampling or Sampling()
+        ids, start, dropped = self._fitted_prompt(turns, user_text, sampling)
+        return self._stream(ids, start, turns, sampling, use_cache, self.epoch, dropped)
 
     def pending_calls(self) -> list[dict[str, Any]]:
         """The last reply's tool calls that no tool turn answers yet, in the order they were made."""
@@ -148,11 +166,12 @@ class ChatSession:
         joins the history like reply()."""
         if self.mode != "chat" or not self.history or self.history[-1]["role"] != "tool":
             raise ToolResultError("nothing to continue from: give the tool's result first (/result TEXT)")
-        ids, start = self._prompt([], "")
-        return self._stream(ids, start, [], sampling or Sampling(), use_cache, self.epoch)
+        sampling = sampling or Sampling()
+        ids, start, dropped = self._fitted_prompt([], "", sampling)
+        return self._stream(ids, start, [], sampling, use_cache, self.epoch, dropped)
 
     def _stream(self, prompt: list[int], start: Kind, turns: list[dict[str, Any]], sampling: Sampling,
-                use_cache: bool, epoch: int) -> ReplyStream:
+                use_cache: bool, epoch: int, dropped: int = 0) -> ReplyStream:
         made = 0  # tokens generated so far: a piece's tokens are those drawn since the previous piece
 
         def counted(tokens: Iterator[int]) -> Iterator[int]:
@@ -180,7 +199,9 @@ class ChatSession:
                     if self.mode == "chat" and self.epoch == epoch:
                         self.history += turns + [self._with_call_ids(parser.assistant_message())]
 
-        stream = ReplyStream(pieces(), start)  # bound before the generator's body first runs
+        room = max(1, self.model.config.max_position_embeddings - sampling.max_new_tokens)
+        # bound before the generator's body first runs
+        stream = ReplyStream(pieces(), start, dropped_turns=dropped, cut_prompt=len(prompt) > room)
         return stream
 
     def _with_call_ids(self, message: dict[str, Any]) -> dict[str, Any]:

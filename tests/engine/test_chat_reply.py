@@ -141,3 +141,27 @@ def test_clear_while_a_reply_streams_keeps_the_turn_out_of_the_new_conversation(
     answer = session.answer("hello", sampling)  # the next question starts a clean conversation
     assert session.history == [{"role": "user", "content": "hello"}, parse_reply(answer).assistant_message()]
     assert "story" not in session.tokenizer.decode(session.prompt_ids("again"))
+
+
+def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(trained_run: Path) -> None:
+    """Guards against a long chat crashing or silently cutting its prompt mid-message: the oldest whole
+    messages leave the history (with a notice) until the prompt and the reply fit the context, and a
+    single message longer than the context is read from its end, said so, without an error."""
+    from engine.chat.session import ChatSession
+    from engine.model.generate import Sampling
+
+    session = ChatSession.open(trained_run)
+    session.model.config.max_position_embeddings = 160  # a small context, so a few turns overflow it
+    sampling = Sampling(temperature=0.0, max_new_tokens=12)
+    room = 160 - 12
+    notices = []
+    for i in range(10):
+        stream = session.reply(f"question {i}: where does the river of the island begin and end?", sampling)
+        "".join(stream)
+        notices.append(stream.notice)
+        assert len(session.prompt_ids("next")) <= room + 40  # the history alone now fits with room to spare
+    assert any(n and "oldest message(s) were dropped" in n for n in notices)
+    assert session.history[0]["role"] == "user" and len(session.history) < 20
+
+    huge = session.reply("word " * 400, sampling)
+    assert "".join(huge) is not None and huge.cut_prompt and "only its end was read" in (huge.notice or "")

@@ -286,6 +286,8 @@ class ChatPane(Pane):
             sampling = Sampling(**ask.sampling)
             stream = session.reply(ask.text, sampling) if ask.text is not None else session.continue_reply(sampling)
             self.post_message(ChatStart(column, stream.start, epoch))
+            if stream.notice:  # oldest messages dropped (or the message cut) to fit the model's context
+                self.app.call_from_thread(self.notify, stream.notice, severity="warning")
             try:
                 for piece in stream:
                     pieces.append(piece)
