@@ -23,6 +23,7 @@ from engine.chat.reply import Kind, ReplyParser, ReplyStream, ToolResultError, p
 from engine.checkpoints.checkpoint import Checkpoint, load_model_weights
 from engine.checkpoints.lookup import resolve_checkpoint
 from engine.data.tokenizer import load_tokenizer
+from engine.errors import CheckpointError
 from engine.hardware.device import resolve_device
 from engine.model.generate import Sampling, generate, stream_text
 from engine.model.transformer import CausalLM
@@ -38,8 +39,14 @@ class ChatSession:
     def __init__(self, ckpt: Checkpoint, device: str = "cpu", system_prompt: str | None = None,
                  tools: list[dict[str, Any]] | None = None) -> None:
         self.checkpoint = ckpt
-        self.model = load_model(ckpt, device)
         self.tokenizer = load_tokenizer(ckpt.tokenizer_dir)
+        vocab = ckpt.model_config.vocab_size
+        if len(self.tokenizer) > vocab:  # ids past the embedding table would fail, or read another row
+            raise CheckpointError(
+                f"{ckpt.tokenizer_dir}: the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is "
+                f"{vocab}; this tokenizer is not the one the model was trained with. Use the checkpoint's own "
+                "tokenizer folder (a checkpoint keeps it in tokenizer/)")
+        self.model = load_model(ckpt, device)
         self.mode: Literal["chat", "continue"] = "chat" if ckpt.stage != "pretrain" and self.tokenizer.chat_template else "continue"
         self.system_prompt = system_prompt
         self.tools = tools  # function specs rendered in the system turn (engine.chat.reply.read_tool_specs)

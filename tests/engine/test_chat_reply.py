@@ -165,3 +165,25 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(trained_r
 
     huge = session.reply("word " * 400, sampling)
     assert "".join(huge) is not None and huge.cut_prompt and "only its end was read" in (huge.notice or "")
+
+
+def test_a_tokenizer_bigger_than_the_model_vocabulary_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    """Guards against chatting through a tokenizer that is not the model's (a swapped tokenizer/ folder):
+    ids past the embedding table would crash mid-reply or silently read the wrong rows."""
+    import shutil
+
+    from engine.chat.session import ChatSession
+    from engine.checkpoints.checkpoint import read_checkpoint
+    from engine.data.tokenizer import train_tokenizer
+    from engine.errors import CheckpointError
+
+    ckpt = read_checkpoint(trained_run / "checkpoints" / "sft" / "latest")
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt.path, copy)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"line {i} with words {i * 7} and more {i % 13}"}) + "\n"
+                              for i in range(400)), encoding="utf-8")
+    shutil.rmtree(copy / "tokenizer")
+    train_tokenizer(corpus, copy / "tokenizer", ckpt.model_config.vocab_size + 100, heldout_lines=0)
+    with pytest.raises(CheckpointError, match=r"tokenizer has \d+ tokens but the model's vocabulary is"):
+        ChatSession(read_checkpoint(copy))
