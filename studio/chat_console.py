@@ -3,6 +3,9 @@ only dispatches; the Chat tab runs the same commands).
 
 Reasoning is printed dim on its own lines, apart from the answer; a tool call as `tool call: name(args)`.
 Pieces are printed as they stream: the parser releases text as soon as no tag can still be forming.
+Everything printed that came from the model, a tool result or a tools file goes through engine.chat.inert
+(control characters and escape sequences shown as visible stand-ins, never acting on the terminal) and is
+printed as text, never read as Rich markup.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.markup import escape
 
+from engine.chat.inert import inert
 from engine.chat.reply import (
     ReplyParser,
     ReplyStream,
@@ -34,7 +38,7 @@ def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:
         nonlocal last
         for event in events:
             if isinstance(event, ToolCall):
-                console.print(("\n" if last else "") + f"[bold magenta]tool call:[/] {escape(event.label())}",
+                console.print(("\n" if last else "") + f"[bold magenta]tool call:[/] {escape(inert(event.label()))}",
                               highlight=False, end="")
                 last = "call"
                 continue
@@ -43,7 +47,7 @@ def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:
                 console.print("\n" if last else "", end="")
                 if kind == "reasoning":
                     console.print("[dim italic]thinking:[/] ", end="")
-            console.out(text, style="dim" if kind == "reasoning" else None, end="", highlight=False)
+            console.out(inert(text), style="dim" if kind == "reasoning" else None, end="", highlight=False)
             last = kind
 
     try:
@@ -57,7 +61,7 @@ def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:
 
 def print_note(console: Console, line: str, ok: bool = True) -> None:
     """A command's answer: dim when it worked, red when it was refused."""
-    console.print(f"[{'dim' if ok else 'red'}]{escape(line)}[/]", highlight=False)
+    console.print(f"[{'dim' if ok else 'red'}]{escape(inert(line))}[/]", highlight=False)
 
 
 def print_tools_command(console: Console, argument: str, session: Any) -> bool:

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
+from engine.chat.inert import inert
 from engine.errors import EngineError
 from engine.runs.state import RunState
 
@@ -126,7 +128,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     mode = "chat (SFT)" if session.mode == "chat" else "plain continuation (pretrain checkpoint)"
     if session.takes_thinking:
         mode += ", its template has a thinking switch (/think on|off)"
-    console.print(f"[bold]{ckpt.path}[/] step {ckpt.step}: {mode}. {CHAT_HELP}", highlight=False)
+    console.print(f"[bold]{escape(inert(str(ckpt.path)))}[/] step {ckpt.step}: {mode}. {CHAT_HELP}", highlight=False)
     while True:
         try:
             text = console.input("[bold green]you>[/] ")
@@ -142,7 +144,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if text.startswith("/system"):
             session.system_prompt = text.removeprefix("/system").strip() or None
             session.clear()
-            console.print(f"[dim](system prompt: {session.system_prompt!r}; conversation cleared)[/]")
+            print_note(console, f"(system prompt: {session.system_prompt!r}; conversation cleared)")
             continue
         if text.strip().startswith("/tools"):
             print_tools_command(console, text.strip().removeprefix("/tools"), session)
@@ -327,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         # Only the engine's own errors are written for the user; anything else is a bug and keeps its traceback.
         if not isinstance(error, EngineError) or os.environ.get("MINIMIND_DEBUG"):
             raise
-        err_console.print(f"[red]error:[/] {error}", highlight=False)
+        # Text, not markup: a message naming `[pretrain]` or a path with brackets prints as written.
+        err_console.print(f"[red]error:[/] {escape(inert(str(error)))}", highlight=False)
         return USER_ERROR_EXIT
 
 

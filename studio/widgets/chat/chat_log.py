@@ -4,6 +4,8 @@ A reply is split as it streams (engine.chat.reply, pure Python): reasoning in a 
 each tool call in its own line below it, so thinking never reads as the answer. The reasoning block is a
 Collapsible: open while the reply streams, folded to "reasoning (N tokens)" once it is done (click or
 enter on its title opens it again).
+Every line shown is a rich Text (never markup) of engine.chat.inert's output: what a model, a tool result
+or a tools file writes cannot clear the screen, move the cursor or retitle the terminal (see `shown`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Collapsible, Static
 
+from engine.chat.inert import inert
 from engine.chat.reply import Kind, ReplyParser, ToolCall
+
+
+def shown(text: str, style: str = "") -> Text:
+    """Text as the log shows it: control characters and escape sequences as visible stand-ins."""
+    return Text(inert(text), style=style)
 
 
 class ChatLog(VerticalScroll):
@@ -29,13 +37,13 @@ class ChatLog(VerticalScroll):
         self._user: Static | None = None
 
     def add_user(self, text: str) -> None:
-        self._user = Static(Text(text), classes="msg user")
+        self._user = Static(shown(text), classes="msg user")
         self.mount(self._user)
         self.start_reply()
 
     def add_tool_result(self, call: str, content: str, continues: bool) -> None:
         """The user's answer to the model's call `call` (its label); `continues` when the model goes on now."""
-        self.mount(Static(Text.assemble(("tool result ", "bold magenta"), (call, "magenta"), ": ", content),
+        self.mount(Static(Text.assemble(("tool result ", "bold magenta"), shown(call, "magenta"), ": ", shown(content)),
                           classes="msg tool-result"))
         if continues:
             self.start_reply()
@@ -67,7 +75,7 @@ class ChatLog(VerticalScroll):
             return
         for event in events:
             if isinstance(event, ToolCall):
-                label = Text.assemble(("tool call: ", "bold magenta"), event.label())
+                label = Text.assemble(("tool call: ", "bold magenta"), shown(event.label()))
                 self.mount(Static(label, classes="msg tool-call"))
             elif event[0] == "reasoning":
                 if self._reasoning is None:
@@ -75,10 +83,10 @@ class ChatLog(VerticalScroll):
                     self._reasoning = Collapsible(self._reasoning_text, title="reasoning…", collapsed=False,
                                                   classes="msg reasoning")
                     self.mount(self._reasoning, before=self._reply)
-                self._reasoning_text.update(Text(self.parser.reasoning, style="dim"))
+                self._reasoning_text.update(shown(self.parser.reasoning, "dim"))
         if self.parser.answer != self.reply_text:
             self.reply_text = self.parser.answer
-            self._reply.update(Text(self.reply_text))
+            self._reply.update(shown(self.reply_text))
         self.scroll_end(animate=False)
 
     def end_reply(self, note: str, reasoning_tokens: int = 0) -> None:
@@ -87,12 +95,12 @@ class ChatLog(VerticalScroll):
             self._reasoning.title = f"reasoning ({reasoning_tokens} tokens)" if reasoning_tokens else "reasoning"
             self._reasoning.collapsed = True
         if self._reply is not None and note:
-            self.mount(Static(Text(note, style="dim"), classes="msg note"))
+            self.mount(Static(shown(note, "dim"), classes="msg note"))
             self.scroll_end(animate=False)
 
     def add_note(self, text: str, before_turn: bool = False) -> None:
         """A dim line; before_turn puts it above the turn being answered (e.g. 'loaded checkpoint')."""
-        note = Static(Text(text, style="dim italic"), classes="msg note")
+        note = Static(shown(text, "dim italic"), classes="msg note")
         if before_turn and self._user is not None:
             self.mount(note, before=self._user)
         else:

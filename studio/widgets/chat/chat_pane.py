@@ -20,6 +20,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Input, Select, Static
 
+from engine.chat.inert import inert
 from engine.chat.reply import ToolSpecError, read_tool_specs
 from studio.chat_console import call_labels, result_command, tool_names
 from studio.checkpoint_list import list_checkpoint_choices
@@ -179,18 +180,22 @@ class ChatPane(Pane):
             self.notify("a reply is still streaming (ctrl+s stops it)", severity="warning")
         return not self.busy
 
+    def refuse(self, line: str, title: str = "") -> None:
+        """An error naming what the user gave (a file, a field's value): shown as text, never as markup."""
+        self.notify(inert(line), title=title, severity="error", markup=False)
+
     def ask(self, text: str | None, sharing: bool) -> Ask | None:
         """The settings read for one send (None, with the reason shown, when a field is wrong)."""
         settings = self.settings
         try:
             sampling = {**settings.sampling_values(), "seed": settings.seed(sharing)}
         except ValueError as error:
-            self.notify(f"sampling settings: {error}", severity="error")
+            self.refuse(f"sampling settings: {error}")
             return None
         try:
             tools = settings.tool_specs()
         except ToolSpecError as error:
-            self.notify(str(error), title="tools", severity="error")
+            self.refuse(str(error), title="tools")
             return None
         return Ask(text, sampling, settings.system, tools, settings.thinking)
 
@@ -223,7 +228,7 @@ class ChatPane(Pane):
             call = call_labels(session.pending_calls()[:1])[0]
             outcome, line = result_command(argument, session)
             if outcome == "refused":
-                self.notify(line, title="result", severity="error")
+                self.refuse(line, title="result")
                 return  # the same argument fails in every column (an unreadable file)
             log = self.query_one(f"#chat-log-{column}", ChatLog)
             log.add_tool_result(call, session.history[-1]["content"], continues=outcome == "go")
@@ -257,7 +262,7 @@ class ChatPane(Pane):
         try:
             specs = read_tool_specs(argument)
         except ToolSpecError as error:
-            self.notify(str(error), title="tools", severity="error")
+            self.refuse(str(error), title="tools")
             return
         field.value = argument
         log.add_note(f"tools: {', '.join(tool_names(specs))} (offered in the system turn)")
