@@ -45,14 +45,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
     """Run (or resume) a prepared run directory, detached or in the foreground with a progress display."""
     from engine.events import plain_log_listener
+    from engine.runs.manage import reserve_start
     from engine.runs.pipeline import run_pipeline
-    from engine.runs.run_dir import RunLock, launch_detached
+    from engine.runs.run_dir import launch_detached
     from studio.progress import RunProgress, summary_table
 
     verb = "resuming" if resume else "run"
+    if resume:  # refuse now, in the user's terminal, a run that is live or that another command is starting
+        reserve_start(run_dir)
     if detach:
-        with RunLock(run_dir):  # fail now, in the user's terminal, if the run is already live
-            pass
         pid = launch_detached(run_dir, resume=resume)
         console.print(f"{verb} [bold]{run_dir.name}[/] detached (pid {pid}); output in {run_dir / 'train.log'}")
         console.print(f"watch: minimind-studio logs -f {run_dir.name}    stop: minimind-studio stop {run_dir.name}")
@@ -83,9 +84,30 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if not state.live:
         console.print(f"{run_dir.name} is not running ({state}); nothing to stop")
         return 0
+    if state == RunState.STOPPING:
+        console.print(f"{run_dir.name} is already stopping: it writes a checkpoint and exits")
+        return 0
     request_stop(run_dir)
     console.print(f"asked {run_dir.name} to stop: it finishes the current step, writes a checkpoint and exits. "
                   f"Resume later with: minimind-studio resume {run_dir.name}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from engine.runs.manage import delete_run
+    from engine.runs.run_dir import find_run
+
+    run_dir = find_run(args.run, args.out_dir)
+    if not args.yes:
+        try:
+            answer = console.input(f"delete {run_dir} with its checkpoints and logs? This cannot be undone. [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            console.print("not deleted")
+            return 1
+    delete_run(run_dir)
+    console.print(f"deleted {run_dir.name}")
     return 0
 
 
@@ -268,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("run")
     stop.add_argument("--out-dir", default="runs")
     stop.set_defaults(handler=cmd_stop)
+
+    delete = sub.add_parser("delete", help="delete a run that is not running, with its checkpoints and logs")
+    delete.add_argument("run")
+    delete.add_argument("--yes", action="store_true", help="do not ask first")
+    delete.add_argument("--out-dir", default="runs")
+    delete.set_defaults(handler=cmd_delete)
 
     resume = sub.add_parser("resume", help="continue a stopped, failed or crashed run from its newest checkpoint")
     resume.add_argument("run")

@@ -75,9 +75,10 @@ def launch(preset: Preset) -> Path:
 
 
 def resume(run_dir: Path) -> int:
-    """Continue a stopped, failed or crashed run detached; RunBusy if it is still alive."""
-    from engine.runs.run_dir import RunLock, launch_detached
+    """Continue a stopped, failed or crashed run detached; RunBusy if it is alive or another studio or
+    shell is starting it."""
+    from engine.runs.manage import reserve_start
+    from engine.runs.run_dir import launch_detached
 
-    with RunLock(run_dir):  # refuse now, with a message, rather than start a process that exits at once
-        pass
+    reserve_start(run_dir)  # refuse now, with a message, rather than start a process that exits at once
     return launch_detached(run_dir, resume=True)

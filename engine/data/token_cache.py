@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +21,7 @@ import numpy as np
 from engine.atomic import publish_dir, write_json_atomic
 from engine.data.jsonl import Kind, check_data_file, skip_hint
 from engine.errors import DataError
+from engine.locks import FileLock, split_holder
 
 if TYPE_CHECKING:
     from engine.data.cache_build import Progress
@@ -94,6 +96,7 @@ def build_token_cache(
     workers: int | None = None,
     range_bytes: int | None = None,
     progress: Progress | None = None,
+    on_wait: Callable[[str], object] | None = None,
 ) -> TokenCache:
     """Tokenize `data_path` once into cache_dir/<key>/; later calls with the same content and tokenizer reuse it.
 
@@ -106,26 +109,57 @@ def build_token_cache(
     cores but one, one process below 64 MiB; ranges of up to 32 MiB, four per worker at least); the cache is
     the same bytes for any number of workers.
     `progress(bytes_done, bytes_total)` is called as the build advances.
+
+    One process builds a given cache at a time (an flock on cache_dir/.lock-<key>, dropped by the kernel if
+    its holder dies): another run needing the same cache calls `on_wait(message)` once, waits, then uses
+    the finished cache instead of tokenizing the file a second time.
     """
     # Imported here because both modules read jsonl through this one.
-    from engine.data.cache_build import RangeEncoder, default_workers, write_ranges
-    from engine.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from engine.data.tokenizer import tokenizer_fingerprint
 
     data_path, cache_dir, stage = Path(data_path), Path(cache_dir), stage or kind
     check_data_file(data_path, f"{stage}.data_path")
     key = cache_key(file_digest(data_path), tokenizer_fingerprint(tokenizer_dir), kind)
     final = cache_dir / key
-    if (final / "meta.json").exists():
-        cache = TokenCache(final, from_cache=True)
-        skipped = cache.meta["stats"]["skipped_examples"]
-        if on_bad_line == "error" and skipped:  # built earlier in skip mode; do not hide the bad lines now
-            line_no, reason = skipped[0]
-            raise DataError(f"{data_path}:{line_no}: {reason}. {skip_hint(f'{stage}.on_bad_line')}.")
-        return cache
+    if (final / "meta.json").exists():  # a published cache never changes: no lock needed to read it
+        return _reuse(final, data_path, on_bad_line, stage)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(cache_dir / f".lock-{key}", "token cache build")
 
+    def waiting(holder: str) -> None:
+        if on_wait:
+            on_wait(f"waiting for another process (pid {split_holder(holder)[0]}) building the token cache of "
+                    f"{data_path} in {final}; this run uses it once it is done")
+
+    lock.acquire(wait=waiting)
+    try:
+        if (final / "meta.json").exists():  # the process we waited for built it
+            return _reuse(final, data_path, on_bad_line, stage)
+        return _build(data_path, Path(tokenizer_dir), kind, cache_dir, key, on_bad_line, batch_size, stage, workers,
+                      range_bytes, progress)
+    finally:
+        lock.release()
+
+
+def _reuse(final: Path, data_path: Path, on_bad_line: Literal["error", "skip"], stage: str) -> TokenCache:
+    cache = TokenCache(final, from_cache=True)
+    skipped = cache.meta["stats"]["skipped_examples"]
+    if on_bad_line == "error" and skipped:  # built earlier in skip mode; do not hide the bad lines now
+        line_no, reason = skipped[0]
+        raise DataError(f"{data_path}:{line_no}: {reason}. {skip_hint(f'{stage}.on_bad_line')}.")
+    return cache
+
+
+def _build(data_path: Path, tokenizer_dir: Path, kind: Kind, cache_dir: Path, key: str,
+           on_bad_line: Literal["error", "skip"], batch_size: int, stage: str, workers: int | None,
+           range_bytes: int | None, progress: Progress | None) -> TokenCache:
+    """Tokenize into a temporary sibling and publish it as cache_dir/<key> (the caller holds the build lock)."""
+    from engine.data.cache_build import RangeEncoder, default_workers, write_ranges
+    from engine.data.tokenizer import load_tokenizer
+
+    final = cache_dir / key
     started = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir, key)
     tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +169,7 @@ def build_token_cache(
     dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
     encoder = RangeEncoder(tokenizer, kind, on_bad_line, skip_hint(f"{stage}.on_bad_line"), dtype, batch_size, data_path)
     try:
-        stats, lengths, n_masked = write_ranges(encoder, tmp, Path(tokenizer_dir), workers, range_bytes, progress)
+        stats, lengths, n_masked = write_ranges(encoder, tmp, tokenizer_dir, workers, range_bytes, progress)
         if stats.records == 0:
             raise DataError(
                 f"{data_path}:1: no usable {kind} records ({stats.lines} non-blank lines, {stats.skipped} skipped). "
@@ -150,7 +184,7 @@ def build_token_cache(
             "format_version": CACHE_FORMAT_VERSION, "kind": kind, "source_path": str(data_path.resolve()),
             "source_bytes": data_path.stat().st_size, "vocab_size": vocab, "dtype": dtype.name, "n_docs": len(lengths),
             "n_tokens": int(offsets[-1]), "n_loss_tokens": n_masked if kind == "sft" else None, "stats": stats.to_dict(),
-            "tokenizer_dir": str(Path(tokenizer_dir).resolve()), "workers": workers,
+            "tokenizer_dir": str(tokenizer_dir.resolve()), "workers": workers,
             "build_seconds": round(time.perf_counter() - started, 3),
         }
         write_json_atomic(tmp / "meta.json", meta)  # last: its presence is what "complete" means
@@ -159,7 +193,8 @@ def build_token_cache(
         raise
     if final.exists() and not (final / "meta.json").exists():  # an interrupted or foreign build: never trusted
         shutil.rmtree(final)
-    # Another process may have finished the same cache meanwhile: theirs is as good as ours.
+    # The lock keeps other builders of this key out; keep_existing covers one that does not take it (an older
+    # engine on a shared cache folder): a cache published meanwhile is as good as ours.
     publish_dir(tmp, final, keep_existing=True)
     return TokenCache(final, from_cache=False)
 

@@ -224,8 +224,10 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
     stop = _StopFlag(run_dir)
     result = PipelineResult(run_dir, RunState.FINISHED)
     done = set(read_status(run_dir).get("stages_done", [])) if resume else set()
-    if resume:
-        (run_dir / "control" / "stop").unlink(missing_ok=True)  # the stop that ended the last session is spent
+    if resume and read_status(run_dir).get("state") != RunState.QUEUED:
+        # The stop that ended the last session is spent (engine.runs.manage.reserve_start spent it already for a
+        # queued run: a stop found now was given while this process started, and is obeyed).
+        (run_dir / "control" / "stop").unlink(missing_ok=True)
     claim_status(run_dir, state=RunState.RUNNING, exit_reason=None, resumed=resume, stages_done=sorted(done))
     try:
         with stop.handling_signals():

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -28,6 +27,7 @@ from typing import Any
 from engine.atomic import write_json_atomic, write_text_atomic
 from engine.config import Preset, output_path, preset_to_toml, resolve_path
 from engine.errors import ResourceError
+from engine.locks import FileLock, split_holder
 from engine.runs.state import RunState
 
 # A live run refreshes heartbeat_at every HEARTBEAT_S; readers call it crashed when the process is gone
@@ -147,35 +147,36 @@ class RunBusy(ResourceError):
 
 
 class RunLock:
-    """An exclusive flock on run_dir/lock held for the life of the run process.
+    """An exclusive flock on run_dir/lock (engine.locks) held for the life of the run process, and
+    for a moment by whoever launches or deletes the run, so those three never overlap.
 
-    The kernel drops an flock when its process dies, however it dies, so a lock is never stale; the
-    pid written inside is only for the message.
+    The kernel drops an flock when its process dies, however it dies, so a lock is never stale; what
+    the file says (pid, purpose) is only for the message.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, purpose: str = "run") -> None:
         self.path = run_dir / "lock"
-        self._fd: int | None = None
+        self._lock = FileLock(self.path, purpose)
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        name = self.path.parent.name
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 100).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunBusy(f"run {self.path.parent.name} is already running (pid {holder}); "
-                          f"stop it first with: minimind-studio stop {self.path.parent.name}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+            taken = self._lock.acquire()
+        except FileNotFoundError:
+            raise ResourceError(f"run {name} no longer exists in {self.path.parent.parent}: it was deleted or moved. "
+                                "`minimind-studio runs` lists the runs there are") from None
+        if not taken:
+            pid, purpose = split_holder(self._lock.holder)
+            if purpose == "delete":
+                raise RunBusy(f"run {name} is being deleted (pid {pid}); it cannot be started or deleted again")
+            if purpose == "launch":
+                raise RunBusy(f"run {name} is being started by another command right now (pid {pid}); "
+                              f"watch it with: minimind-studio logs -f {name}")
+            raise RunBusy(f"run {name} is already running (pid {pid}); stop it first with: minimind-studio stop {name}")
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -236,7 +237,8 @@ def list_runs(out_dir: str | Path = "runs") -> list[Path]:
     root = output_path(out_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "preset.toml").is_file())
+    # Hidden folders are not runs: a run being deleted is renamed to one first (engine.runs.manage).
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "preset.toml").is_file())
 
 
 def preset_name_of(run_dir: Path) -> str:

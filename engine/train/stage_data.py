@@ -18,7 +18,7 @@ from engine.config import Preset, StageName
 from engine.data.blocks import EpochSampler, PretrainBlocks, SFTBlocks
 from engine.data.jsonl import Kind
 from engine.data.token_cache import build_token_cache
-from engine.events import CacheProgressEvent, EventLog, WarningEvent
+from engine.events import CacheProgressEvent, EventLog, NoteEvent, WarningEvent
 from engine.train.step import Batch
 
 
@@ -32,6 +32,7 @@ def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: Even
     cache = build_token_cache(
         Path(cfg.data_path), tokenizer_dir, kind, Path(preset.runtime.cache_dir), on_bad_line=cfg.on_bad_line,
         stage=stage, workers=None if workers == "auto" else workers, progress=CacheProgress(stage, log),
+        on_wait=lambda message: log.emit(NoteEvent(stage=stage, message=message)),
     )
     meta = dict(cache.meta)
     skipped = meta.get("stats", {}).get("skipped", 0)

@@ -8,7 +8,6 @@ a time, in a thread worker: the engine's export modules import torch.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 from textual.worker import Worker
 
-from engine.errors import ResourceError
-from engine.runs.run_dir import (
-    RunSummary,
-    effective_state,
-    read_status,
-    request_stop,
-)
+from engine.runs.run_dir import RunSummary, request_stop
 from engine.runs.state import RunState
 from studio import exporter, launcher
 from studio.checkpoint_list import list_checkpoint_choices
@@ -233,9 +226,9 @@ class RunsPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-delete", name="delete")
     def _delete(self, run_dir: Path) -> None:
-        if effective_state(read_status(run_dir)).live:  # it may have been resumed since the question
-            raise ResourceError(f"{run_dir.name} is running again; stop it before deleting")
-        shutil.rmtree(run_dir)
+        from engine.runs.manage import delete_run
+
+        delete_run(run_dir)  # refuses (RunBusy) a run resumed since the question, by this studio or another
         self.post_message(RunsScanned(scan_runs(self.studio_app.runs_dir)))
 
     def action_new(self) -> None:
