@@ -10,7 +10,7 @@ printed as text, never read as Rich markup.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from rich.console import Console
@@ -57,6 +57,34 @@ def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:
         show(parser.finish())
         console.print()
     return parser
+
+
+STOPPED = "(stopped; the partial reply stays in the conversation. Ctrl-C at the prompt, or Ctrl-D, leaves the chat)"
+
+
+def chat_turn(console: Console, session: Any, start: Callable[[], ReplyStream]) -> bool:
+    """One reply, printed as it streams; returns whether Ctrl-C stopped it.
+
+    Ctrl-C while it streams ends generation (the KeyboardInterrupt lands inside the generator, or in the
+    printing between pieces), prints what the parser held back and returns to the prompt. The partial
+    reply stays in the session's history, as the Chat tab's stop keeps it: it is what the user read, and
+    the next turn can refer to it (/clear forgets it)."""
+    stream: ReplyStream | None = None
+    stopped = False
+    try:
+        stream = start()
+        if stream.notice:
+            print_note(console, f"({stream.notice})", ok=True)
+        console.print("[bold cyan]ai>[/] ", end="")
+        print_reply(console, stream)
+    except KeyboardInterrupt:
+        if stream is not None:
+            stream.close()  # a generator stopped between pieces records its turn as it closes
+        print_note(console, STOPPED)
+        stopped = True
+    if session.pending_calls():
+        console.print("[dim](give the tool's result with /result TEXT or /result @FILE)[/]")
+    return stopped
 
 
 def print_note(console: Console, line: str, ok: bool = True) -> None:

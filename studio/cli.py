@@ -133,14 +133,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 CHAT_HELP = ("commands: /clear (forget the conversation), /system TEXT (set the system prompt), "
              "/tools FILE (JSON list of function specs) or /tools off, /result TEXT or /result @FILE (answer "
-             "the model's tool call), /think on|off (templates with enable_thinking), /quit")
+             "the model's tool call), /think on|off (templates with enable_thinking), /quit. Ctrl-C stops a reply; "
+             "at the prompt it leaves")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from engine.chat.reply import read_tool_specs
     from engine.chat.session import ChatSession
     from engine.model.generate import Sampling
-    from studio.chat_console import print_note, print_reply, print_tools_command, result_command, think_command
+    from studio.chat_console import chat_turn, print_note, print_tools_command, result_command, think_command
 
     tools = read_tool_specs(args.tools) if args.tools else None  # a bad file fails before the slow model load
     session = ChatSession.open(args.checkpoint, args.out_dir, device=args.device, system_prompt=args.system, tools=tools)
@@ -154,7 +157,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     while True:
         try:
             text = console.input("[bold green]you>[/] ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt leaves; mid-reply, see chat_turn
             console.print()
             return 0
         if text.strip() in ("/quit", "/exit"):
@@ -180,17 +183,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if outcome != "go":
                 print_note(console, line, ok=outcome == "waiting")
                 continue
-            stream = session.continue_reply(sampling)
-        elif not text.strip():
-            continue
-        else:
-            stream = session.reply(text, sampling)
-        if stream.notice:
-            print_note(console, f"({stream.notice})", ok=True)
-        console.print("[bold cyan]ai>[/] ", end="")
-        print_reply(console, stream)
-        if session.pending_calls():
-            console.print("[dim](give the tool's result with /result TEXT or /result @FILE)[/]")
+            chat_turn(console, session, partial(session.continue_reply, sampling))
+        elif text.strip():
+            chat_turn(console, session, partial(session.reply, text, sampling))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

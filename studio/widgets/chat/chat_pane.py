@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -31,7 +32,7 @@ from studio.widgets.chat.chat_settings import ChatSettings
 from studio.widgets.pane import Pane
 
 HELP = ("Enter: send · /clear · /system TEXT · /tools FILE|off · /result TEXT|@FILE · /think on|off · "
-        "/load PATH · ^s stop · ^l clear · ^y copy")
+        "/load PATH · esc/^c stop · ^l clear · ^y copy")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class ChatPane(Pane):
     DEFAULT_FOCUS = "#chat-input"
     BINDINGS = [
         Binding("ctrl+s", "stop", "Stop"),
+        # While a reply streams, escape and ctrl+c stop it, before the field under the cursor copies (ctrl+c) or
+        # is left (escape): priority, or the focused Input would take the key. With no reply they pass on.
+        Binding("escape,ctrl+c", "stop_reply", "Stop the reply", show=False, priority=True),
         Binding("ctrl+l", "clear", "Clear"),
         Binding("ctrl+y", "copy", "Copy reply"),
     ]
@@ -177,7 +181,7 @@ class ChatPane(Pane):
 
     def free(self) -> bool:
         if self.busy:
-            self.notify("a reply is still streaming (ctrl+s stops it)", severity="warning")
+            self.notify("a reply is still streaming (escape or ctrl+c stops it)", severity="warning")
         return not self.busy
 
     def refuse(self, line: str, title: str = "") -> None:
@@ -208,7 +212,7 @@ class ChatPane(Pane):
             self.run_worker(lambda c=column, p=path: self._reply(c, p, ask, epoch),
                             thread=True, exclusive=True, exit_on_error=False, group=f"chat-{column}",
                             name=f"chat with {path}")
-        self.query_one("#chat-status", Static).update("generating… ctrl+s stops")
+        self.query_one("#chat-status", Static).update("generating… escape or ctrl+c stops")
 
     def give_result(self, argument: str) -> None:
         """`/result TEXT|@FILE`: the result of the waiting tool call in each column that has one (on the UI
@@ -343,6 +347,13 @@ class ChatPane(Pane):
     def action_stop(self) -> None:
         if self.busy:
             self.stop_flag.set()
+
+    def action_stop_reply(self) -> None:
+        """escape / ctrl+c: stop the streaming reply (the chat stays, the partial turn is kept); with none,
+        the key does what it does elsewhere (leave the field, copy; ctrl+c never quits the studio)."""
+        if not self.busy:
+            raise SkipAction()
+        self.stop_flag.set()
 
     def action_clear(self) -> None:
         """A new conversation: empty logs and histories. A reply still streaming is stopped, its pieces in
