@@ -5,4 +5,7 @@
 - fake_runs:  run directories and event lines written by hand, as the engine would leave them
 - wait:       waiting on a condition (never a fixed sleep): sync and Textual-pilot versions
 - stall_in_save: a run driver that stops inside a checkpoint write, for the kill -9 test
+- held_chat:  the terminal chat with its first reply held inside generation, for the Ctrl-C test
+- runs_cli:   the CLI as real processes (several at once), a stopped run to resume, a run's engine processes
+- cache_builder: a token-cache build in a process of its own that can stall mid-build, for the cache lock tests
 """
