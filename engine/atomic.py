@@ -2,7 +2,9 @@
 
 A reader (or a resumed run after kill -9) therefore sees either the old file or folder or the new
 one, never a half-written one. Files go through `write_bytes_atomic`; folders (a checkpoint, a
-tokenizer, a token cache) are built in a temporary sibling and published with `publish_dir`.
+tokenizer, a token cache) are built in a temporary sibling and published with `publish_dir`. A write
+that finds the disk full raises engine.disk_full.NoSpaceError naming the file meant, and leaves no
+temporary file behind.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
+
+from engine.disk_full import writing
 
 
 def fsync_dir(path: Path) -> None:
@@ -29,11 +34,17 @@ def fsync_dir(path: Path) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with writing(path):
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a full disk must not keep half a file (and its space) behind
+        raise
     fsync_dir(path.parent)
 
 
@@ -50,8 +61,9 @@ def point_symlink(link: Path, target_name: str) -> None:
     tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    os.symlink(target_name, tmp)
-    os.replace(tmp, link)
+    with writing(link):
+        os.symlink(target_name, tmp)
+        os.replace(tmp, link)
     fsync_dir(link.parent)
 
 
@@ -73,13 +85,16 @@ def publish_dir(tmp: Path, final: Path, *, keep_existing: bool = False) -> bool:
     existing `final` wins instead (two processes building the same content) and `tmp` is removed.
     """
     tmp, final = Path(tmp), Path(final)
-    fsync_tree(tmp)
+    with writing(final):  # fsync can be where a full disk shows (delayed allocation, network filesystems)
+        fsync_tree(tmp)
     old = None
     if final.exists() and not keep_existing:
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
+        with writing(final):
+            os.rename(final, old)
     try:
-        os.rename(tmp, final)
+        with writing(final):
+            os.rename(tmp, final)
     except OSError:
         if not keep_existing or not final.exists():
             raise

@@ -13,6 +13,7 @@ cannot be used falls back to the previous one; a busy run is refused, not failed
       DataError         a data file: missing, unreadable, a bad line (file:line), too little data
       CheckpointError   a checkpoint or model directory that cannot be found or used
       ResourceError     the machine: a device or dtype it lacks, memory, a locked or missing run
+        DiskFull        no space left (or a quota reached) where the engine was writing (engine.disk_full)
       TrainingError     training itself: a loss that became NaN/inf
 """
 
@@ -40,6 +41,10 @@ class CheckpointError(EngineError):
 
 class ResourceError(EngineError):
     """Something the machine or the runs folder cannot provide: a device, a dtype, memory, a free run."""
+
+
+class DiskFull(ResourceError):
+    """A write found no space (ENOSPC/EDQUOT); the message names the file and says what to free and how to go on."""
 
 
 class TrainingError(EngineError):

@@ -4,20 +4,24 @@ Every line is one JSON object `{"v": 1, "t": <unix time>, "kind": ..., ...}`, th
 models below. Writers build the model (`log.emit(StepEvent(...))`) and readers get models back
 (`read_events`), so a renamed or misspelt field fails where it is written — in the tests that run the
 real loop — instead of silently emptying a cell in the studio. Lines are written with a single
-`write` of a complete line and flushed, so a reader sees whole lines except, at worst, a torn last
-line while a write is in flight (readers skip a last line without a newline).
+`write` of a complete line, so a reader sees whole lines except, at worst, a torn last line while a
+write is in flight (readers skip a last line without a newline; the writer cuts one off, see EventLog).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from engine.disk_full import writing
 
 EVENT_VERSION: Final = 1  # Final keeps the literal type, so it is a valid default of v: Literal[1]
 
@@ -202,25 +206,58 @@ def event_json(event: Event) -> str:
 
 
 class EventLog:
-    """Writes events to a file (if given) and passes each one to in-process listeners (progress bars)."""
+    """Writes events to a file (if given) and passes each one to in-process listeners (progress bars).
+
+    Each line goes out in one unbuffered append. A line the disk had no room for is cut off again, and a
+    torn line found at the end of the file when it is opened (a crash mid-write) is cut off, so that every
+    line of the file stays one whole event even after the run resumes."""
 
     def __init__(self, path: Path | None = None, listeners: list[Listener] | None = None) -> None:
         self.path = path
         self.listeners = list(listeners or [])
-        self._handle = open(path, "a", encoding="utf-8") if path else None
+        self._fd = _open_for_append(path) if path else None
 
     def emit(self, event: Event) -> Event:
-        if self._handle:
-            self._handle.write(event_json(event) + "\n")
-            self._handle.flush()
+        if self._fd is not None:
+            self._append((event_json(event) + "\n").encode("utf-8"))
         for listener in self.listeners:
             listener(event)
         return event
 
+    def _append(self, line: bytes) -> None:
+        assert self._fd is not None and self.path is not None
+        written = 0
+        try:
+            with writing(self.path):
+                while written < len(line):
+                    written += os.write(self._fd, line[written:])
+        except OSError:
+            if written:
+                with suppress(OSError):  # the part that fitted must not stay as a torn line
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise
+
     def close(self) -> None:
-        if self._handle:
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _open_for_append(path: Path) -> int:
+    """The file opened for appending, with a torn last line (no newline) cut off."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    size = end = os.fstat(fd).st_size
+    while end > 0:
+        start = max(0, end - 65536)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end < size:
+        with writing(path):
+            os.ftruncate(fd, end)
+    return fd
 
 
 def mfu_text(step: StepEvent | None) -> str:

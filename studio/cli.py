@@ -347,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted")
         return 130
     except Exception as error:
+        from engine.disk_full import disk_full_error
         from engine.errors import USER_ERROR_EXIT, EngineError
 
-        # Only the engine's own errors are written for the user; anything else is a bug and keeps its traceback.
+        # Only the engine's own errors are written for the user, and a full disk: what to free, also where it struck
+        # outside a run or struck again as a log was closed. Anything else is a bug and keeps its traceback.
+        error = disk_full_error(error) or error
         if not isinstance(error, EngineError) or os.environ.get("MINIMIND_DEBUG"):
             raise
         # Text, not markup: a message naming `[pretrain]` or a path with brackets prints as written.

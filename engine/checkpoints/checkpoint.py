@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.atomic import point_symlink, publish_dir
+from engine.atomic import point_symlink, publish_dir, write_json_atomic
 from engine.config import ModelConfig
 from engine.data.token_cache import file_digest
 from engine.data.tokenizer_files import copy_tokenizer
+from engine.disk_full import writing
 from engine.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -101,17 +102,20 @@ def save_checkpoint(
     tmp = stage_dir / f".{final.name}.tmp-{os.getpid()}"
     _remove_stale_temporaries(stage_dir)
     tmp.mkdir()
-    save_file(model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    with writing(tmp / "model.safetensors"):  # safetensors tells a full disk only as "(os error 28)"
+        save_file(model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     trainer = _rng_tensors()
     state = {**state, "format": FORMAT_VERSION, "saved_at": time.time(), "torch_version": torch.__version__}
     if optimizer is not None:
         optim_tensors, optim_meta = _optimizer_payload(optimizer)
         trainer.update(optim_tensors)
         state["optimizer"] = optim_meta
-    save_file(trainer, str(tmp / "trainer.safetensors"))
-    copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
+    with writing(tmp / "trainer.safetensors"):
+        save_file(trainer, str(tmp / "trainer.safetensors"))
+    with writing(tmp / "tokenizer"):
+        copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
     state["files"] = file_records(tmp)  # last: what every other file must still be when it is loaded
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(tmp / "state.json", state)
     publish_dir(tmp, final)  # replaces the same step saved before (a resume that re-saves it)
     point_symlink(stage_dir / "latest", final.name)
     prune_checkpoints(stage_dir, keep)

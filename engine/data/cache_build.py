@@ -27,6 +27,7 @@ import numpy as np
 from engine.data.jsonl import Kind, ReadStats, parse_line
 from engine.data.messages import RecordProblem
 from engine.data.sft_mask import SpanFinder, encode_with_masks, tokenizer_render
+from engine.disk_full import writing
 from engine.errors import DataError
 
 RANGE_BYTES = 32 << 20  # one task: big enough that per-task overhead vanishes, small enough to balance cores
@@ -158,7 +159,8 @@ def write_ranges(encoder: RangeEncoder, tmp: Path, tokenizer_dir: Path, workers:
     path = encoder.data_path
     size = path.stat().st_size
     stats, lengths, n_masked, line_base = ReadStats(), array("q"), 0, 0
-    with open(tmp / "tokens.bin", "wb") as tok_out, open(tmp / "mask.bin", "wb") as mask_out:
+    # A write failing for want of space names the cache file (a failed write() on an open file names none).
+    with writing(tmp / "tokens.bin"), open(tmp / "tokens.bin", "wb") as tok_out, open(tmp / "mask.bin", "wb") as mask_out:
         if workers <= 1:
             report = (lambda at: progress(at, size)) if progress else None
             results: Iterator[tuple[int, RangeResult, int]] = iter([(0, encoder.encode(0, size, tok_out, mask_out, report), size)])
@@ -246,5 +248,6 @@ def _init_worker(tokenizer_dir: str, kind: Kind, on_bad_line: Literal["error", "
 
 
 def _encode_part(k: int, start: int, end: int, tmp: str) -> RangeResult:
-    with open(Path(tmp) / f"part-{k:06d}.tokens", "wb") as tok_out, open(Path(tmp) / f"part-{k:06d}.mask", "wb") as mask_out:
+    tokens, mask = Path(tmp) / f"part-{k:06d}.tokens", Path(tmp) / f"part-{k:06d}.mask"
+    with writing(tokens), open(tokens, "wb") as tok_out, open(mask, "wb") as mask_out:
         return _WORKER["encoder"].encode(start, end, tok_out, mask_out)

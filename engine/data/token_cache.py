@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.atomic import publish_dir, write_json_atomic
 from engine.data.jsonl import Kind, check_data_file, skip_hint
+from engine.disk_full import writing
 from engine.errors import DataError
 from engine.locks import FileLock, split_holder
 
@@ -179,7 +180,8 @@ def _build(data_path: Path, tokenizer_dir: Path, kind: Kind, cache_dir: Path, ke
             (tmp / "mask.bin").unlink()
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
-        np.save(tmp / "offsets.npy", offsets)
+        with writing(tmp / "offsets.npy"):
+            np.save(tmp / "offsets.npy", offsets)
         meta = {
             "format_version": CACHE_FORMAT_VERSION, "kind": kind, "source_path": str(data_path.resolve()),
             "source_bytes": data_path.stat().st_size, "vocab_size": vocab, "dtype": dtype.name, "n_docs": len(lengths),

@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from engine.checkpoints.checkpoint import Checkpoint, latest_checkpoint
 from engine.checkpoints.lookup import check_architecture, newest_matching_checkpoint, resolve_checkpoint
 from engine.config import Preset, StageName, load_preset, resolve_path
 from engine.data.tokenizer_files import copy_tokenizer
+from engine.disk_full import disk_full_error, release_reserve
 from engine.errors import EngineError, PresetError
 from engine.events import (
     ErrorEvent,
@@ -253,13 +254,22 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
                 done.add(stage)
                 write_status(run_dir, stages_done=sorted(done))
     except Exception as error:  # noqa: BLE001 - every failure is recorded in the run dir, then re-raised
-        message = failure_message(error, run_dir)
+        full = disk_full_error(error, run=run_dir.name)
+        if full:
+            release_reserve(run_dir)  # the room kept for this very record
+        failure = full or error
+        message = failure_message(failure, run_dir)
         result.state, result.error = RunState.FAILED, message
-        log.emit(ErrorEvent(message=message, error_type=type(error).__name__, traceback=traceback.format_exc()))
-        write_status(run_dir, state=RunState.FAILED, exit_reason=message)
+        # Best effort: on a full disk these writes can fail as well, and must not hide the failure they record.
+        with suppress(OSError):
+            log.emit(ErrorEvent(message=message, error_type=type(failure).__name__, traceback=traceback.format_exc()))
+        with suppress(OSError):
+            write_status(run_dir, state=RunState.FAILED, exit_reason=message)
         if tracker:
             tracker.close(RunState.FAILED, message)
         log.close()
+        if full:
+            raise full from error
         raise
     reason = f"stop requested ({stop.signalled or 'control/stop'})" if result.state == RunState.STOPPED else "all stages done"
     write_status(run_dir, state=result.state, exit_reason=reason)
@@ -270,14 +280,22 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
 
 
 def failure_message(error: BaseException, run_dir: Path) -> str:
-    """What status.json's exit_reason says about a failure. An EngineError's message is the user's paragraph;
+    """What status.json's exit_reason says about a failure. An EngineError's message is the user's paragraph,
+    and so is a full disk anywhere in the error's chain (engine.disk_full: what to free, how to resume);
     anything else is a bug or an environment failure, so it keeps its type and its traceback goes to a file."""
     if isinstance(error, EngineError):
         return str(error)
+    full = disk_full_error(error, run=run_dir.name)
+    if full:
+        return str(full)
     trace = run_dir / "traceback.txt"
-    trace.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+    try:
+        trace.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+        kept = f"the traceback is in {trace}"
+    except OSError as failed:
+        kept = f"its traceback could not be written to {trace}: {failed}"
     return (f"{type(error).__name__}: {error or 'no message'} (not an input problem: a bug or an environment "
-            f"failure; the traceback is in {trace})")
+            f"failure; {kept})")
 
 
 def score_heldout(stage: StageName, preset: Preset, run_dir: Path, outcome: Any, log: EventLog) -> dict[str, Any]:

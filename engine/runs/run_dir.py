@@ -26,6 +26,7 @@ from typing import Any
 
 from engine.atomic import write_json_atomic, write_text_atomic
 from engine.config import Preset, output_path, preset_to_toml, resolve_path
+from engine.disk_full import keep_reserve, release_reserve
 from engine.errors import ResourceError
 from engine.locks import FileLock, split_holder
 from engine.runs.state import RunState
@@ -186,7 +187,10 @@ class RunLock:
 
 
 class Heartbeat:
-    """A daemon thread that refreshes heartbeat_at while long steps, evals or tokenizer training run."""
+    """A daemon thread that refreshes heartbeat_at while long steps, evals or tokenizer training run.
+
+    For as long, the run directory holds the session's disk reserve (engine.disk_full.keep_reserve): the
+    room a run that fills its disk needs to still record why it failed (the pipeline releases it then)."""
 
     def __init__(self, run_dir: Path, interval: float = HEARTBEAT_S) -> None:
         self.run_dir, self.interval = run_dir, interval
@@ -201,12 +205,14 @@ class Heartbeat:
                 pass  # a full or vanished disk must not kill training from a side thread
 
     def __enter__(self) -> Heartbeat:
+        keep_reserve(self.run_dir)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+        release_reserve(self.run_dir)
 
 
 def launch_detached(run_dir: Path, resume: bool = False) -> int:
