@@ -46,12 +46,10 @@ def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
     """Run (or resume) a prepared run directory, detached or in the foreground with a progress display."""
     from engine.events import plain_log_listener
     from engine.runs.manage import reserve_start
-    from engine.runs.pipeline import run_pipeline
     from engine.runs.run_dir import launch_detached
-    from studio.progress import RunProgress, summary_table
 
     verb = "resuming" if resume else "run"
-    if resume:  # refuse now, in the user's terminal, a run that is live or that another command is starting
+    if resume:  # refuse now, in the user's terminal (before importing torch), a run that is live or being started
         reserve_start(run_dir)
     if detach:
         pid = launch_detached(run_dir, resume=resume)
@@ -59,6 +57,9 @@ def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
         console.print(f"watch: minimind-studio logs -f {run_dir.name}    stop: minimind-studio stop {run_dir.name}")
         print(run_dir.name, file=sys.stderr if sys.stdout.isatty() else sys.stdout)
         return 0
+    from engine.runs.pipeline import run_pipeline
+    from studio.progress import RunProgress, summary_table
+
     console.print(f"{verb} [bold]{run_dir.name}[/] in {run_dir.parent}")
     with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
         result = run_pipeline(run_dir, resume=resume, listeners=[progress, plain_log_listener(log)])
