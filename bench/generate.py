@@ -45,7 +45,7 @@ def main() -> int:
 
     from transformers import AutoModelForCausalLM
 
-    from engine.checkpoints.checkpoint import read_checkpoint, save_checkpoint
+    from engine.checkpoints.checkpoint import model_tensors, read_checkpoint, save_checkpoint
     from engine.checkpoints.hf_export import export_hf
     from engine.config import load_preset
     from engine.data.tokenizer import train_tokenizer
@@ -62,7 +62,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         train_tokenizer(ROOT / "dataset" / "pretrain.jsonl", tmp_path / "tok", min(config.vocab_size, 2000), heldout_lines=0)
-        ckpt = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=None,
+        ckpt = save_checkpoint(tmp_path / "ckpt", model_state=model_tensors(model), optimizer_state=None,
                                state={"stage": "pretrain", "step": 0, "model": config.model_dump(mode="json")},
                                tokenizer_dir=tmp_path / "tok", keep=1)
         hf = AutoModelForCausalLM.from_pretrained(export_hf(read_checkpoint(ckpt), tmp_path / "hf")).eval()

@@ -56,7 +56,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         train_tokenizer(ROOT / "dataset" / "pretrain.jsonl", tmp_path / "tok", min(config.vocab_size, 2000), heldout_lines=0)
-        saved = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=None, keep=1, tokenizer_dir=tmp_path / "tok",
+        saved = save_checkpoint(tmp_path / "ckpt", model_state=model_tensors(model), optimizer_state=None, keep=1,
+                                tokenizer_dir=tmp_path / "tok",
                                 state={"stage": "sft", "step": 0, "model": config.model_dump(mode="json")})
         ckpt = read_checkpoint(saved)
         weights_mib = (saved / "model.safetensors").stat().st_size / 2**20

@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2000)
     args = parser.parse_args()
 
-    from engine.checkpoints.checkpoint import save_checkpoint
+    from engine.checkpoints.checkpoint import gather_optimizer_state, model_tensors, save_checkpoint
     from engine.config import load_preset
     from engine.data.tokenizer import train_tokenizer
     from engine.events import EventLog, StepEvent
@@ -57,7 +57,8 @@ def main() -> int:
         times = []
         for step in range(1, 4):
             t0 = time.perf_counter()
-            path = save_checkpoint(run_dir / "checkpoints" / "pretrain", model=model, optimizer=optimizer,
+            path = save_checkpoint(run_dir / "checkpoints" / "pretrain", model_state=model_tensors(model),
+                                   optimizer_state=gather_optimizer_state(model, optimizer),
                                    state={"stage": "pretrain", "step": step, "model": preset.model.model_dump(mode="json")},
                                    tokenizer_dir=tmp_path / "tok", keep=2)
             times.append(time.perf_counter() - t0)

@@ -155,6 +155,38 @@ class RuntimeConfig(_Section):
         return {True: "on", False: "off"}[value] if isinstance(value, bool) else value
 
 
+class DistributedConfig(_Section):
+    """Training on several processes through torchrun: GPUs of one node, several nodes, or CPU processes."""
+
+    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    """Processes (one per GPU) on this node. 1 trains in this process with no process group; auto: one
+    per visible GPU (1 without a GPU)."""
+    nnodes: int = Field(1, ge=1)
+    """Machines taking part; each runs the same preset with its own node_rank."""
+    node_rank: int = Field(0, ge=0)
+    """This machine's place among the nodes: 0 writes the run directory (events, status, checkpoints)."""
+    rdzv_endpoint: str = "localhost:29400"
+    """host:port on node 0 that every node meets at (torchrun's rendezvous; the port must be open between
+    the nodes); ignored on one node, which picks a free port itself."""
+    rdzv_backend: Literal["static", "c10d"] = "static"
+    """static: ranks follow node_rank, so node 0 holds rank 0 and its run directory is the one written
+    (what you watch in the studio). c10d: torchrun's elastic rendezvous, which numbers nodes by host name,
+    so the node that writes the run directory is the one whose name sorts first."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every process holds the whole model and optimizer (fastest while they fit); fsdp: weights,
+    gradients and AdamW state are sharded across processes (FSDP2), for models that do not fit one GPU."""
+    max_restarts: int = Field(0, ge=0)
+    """After a failure, relaunch this many times, each resuming from the newest checkpoint."""
+    timeout_s: float = Field(600.0, gt=0)
+    """How long a collective may wait for a missing process before the job fails instead of hanging."""
+
+    @model_validator(mode="after")
+    def _check_node_rank(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes} (nodes count from 0)")
+        return self
+
+
 class SwanlabConfig(_Section):
     """SwanLab experiment tracking."""
 
@@ -272,6 +304,8 @@ class Preset(_Section):
     """Model architecture."""
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     """Device, precision and workers."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """Several processes, GPUs or nodes (torchrun)."""
     tokenizer: TokenizerStage = Field(default_factory=TokenizerStage)
     """Stage 1 settings."""
     pretrain: TrainStage = Field(default_factory=TrainStage)

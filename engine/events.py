@@ -51,7 +51,9 @@ class StageStartEvent(_Event):
     dtype_reason: str | None = None
     params: int | None = None
     active_params: int | None = None  # per token: differs from params for mixture-of-experts models
-    tokens_per_step: int | None = None
+    tokens_per_step: int | None = None  # the whole world's
+    world_size: int | None = None  # processes training together (torchrun); None for one
+    strategy: Literal["ddp", "fsdp"] | None = None
     compile: bool | None = None  # compiled, or about to measure compiling ("trial")
     compile_mode: Literal["eager", "compiled", "trial"] | None = None
     compile_reason: str | None = None
@@ -68,7 +70,27 @@ class StageStartEvent(_Event):
     padding_fraction: float | None = None  # SFT: share of positions that are padding
 
 
-class StepEvent(_Event):
+class MemoryFigures(BaseModel):
+    """What engine/hardware/readings.memory_snapshot reports, in MiB (RSS on a CPU, the CUDA allocator on a GPU)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rss_mb: float | None = None
+    mem_alloc_mb: float | None = None
+    mem_peak_mb: float | None = None
+    mem_reserved_mb: float | None = None
+    mem_total_mb: float | None = None
+    gpu_util_pct: float | None = None
+
+
+class RankMemory(MemoryFigures):
+    """One process's memory in a step event of a several-process run."""
+
+    rank: int
+
+
+class StepEvent(_Event, MemoryFigures):
+    """A log window closed. The memory fields are this process's (rank 0's under torchrun; `ranks` has all)."""
+
     kind: Literal["step"] = "step"
     stage: str
     step: int
@@ -84,12 +106,8 @@ class StepEvent(_Event):
     tokens_seen: int
     epoch: float
     skipped_nonfinite: int | None = None  # steps so far whose NaN/inf update was skipped (skip_nonfinite_steps)
-    rss_mb: float | None = None
-    mem_alloc_mb: float | None = None
-    mem_peak_mb: float | None = None
-    mem_reserved_mb: float | None = None
-    mem_total_mb: float | None = None
-    gpu_util_pct: float | None = None
+    world_size: int | None = None  # tokens_per_s and samples_per_s are the world's
+    ranks: list[RankMemory] | None = None  # every rank's memory, in rank order
 
 
 class EvalEvent(_Event):

@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.runs.pipeline import preflight
     from engine.runs.run_dir import create_run, latest_run_of
 
-    overrides = list(args.set or [])
+    overrides = list(args.set or []) + world_overrides(args)
     if args.stage:
         overrides.append(f'stages=["{args.stage}"]')
     preset = load_preset(args.preset, overrides)
@@ -61,6 +61,8 @@ def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
     from studio.progress import RunProgress, summary_table
 
     console.print(f"{verb} [bold]{run_dir.name}[/] in {run_dir.parent}")
+    if _world_of(run_dir) > 1:
+        return _execute_distributed(run_dir, resume)
     with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
         result = run_pipeline(run_dir, resume=resume, listeners=[progress, plain_log_listener(log)])
     console.print(summary_table(result))
@@ -71,10 +73,72 @@ def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
     return 0
 
 
+def _world_of(run_dir: Path) -> int:
+    from engine.config import load_preset
+    from engine.runs.launch import world_size
+
+    return world_size(load_preset(run_dir / "preset.toml"))
+
+
+def _execute_distributed(run_dir: Path, resume: bool) -> int:
+    """A foreground run of several processes: torchrun under the supervisor, its output in train.log, the
+    progress display fed from the events rank 0 writes. Ctrl-C asks every rank to stop after the same step."""
+    import threading
+
+    from engine.runs.launch import Supervisor, follow_events
+    from engine.runs.run_dir import read_status
+    from studio.progress import RunProgress
+
+    done = threading.Event()
+    with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
+        follower = follow_events(run_dir, [progress], done)
+        try:
+            state = Supervisor(run_dir, output=log).run(resume=resume)
+        finally:
+            done.set()
+            follower.join()
+    status = read_status(run_dir)
+    console.print(f"run {run_dir.name}: {state} ({status.get('exit_reason') or ''})")
+    if state == RunState.STOPPED:
+        console.print(f"stopped cleanly; continue with: minimind-studio resume {run_dir.name}")
+    elif state == RunState.FINISHED:
+        console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
+    return 0 if state != RunState.FAILED else 1
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from engine.runs.run_dir import find_run
 
-    return _execute(find_run(args.run, args.out_dir), resume=True, detach=args.detach)
+    run_dir = find_run(args.run, args.out_dir)
+    if world_overrides(args):
+        from engine.config import load_preset, save_preset
+        from engine.runs.launch import keep_global_batch
+
+        # Resuming on another number of processes or nodes: the frozen preset says how the run goes on, with
+        # the accumulation that keeps each step's global batch (what the optimizer was tuned for).
+        frozen = load_preset(run_dir / "preset.toml")
+        preset, notes = keep_global_batch(frozen, load_preset(run_dir / "preset.toml", world_overrides(args)))
+        for note in notes:
+            console.print(note, highlight=False, markup=False)
+        save_preset(preset, run_dir / "preset.toml")
+    return _execute(run_dir, resume=True, detach=args.detach)
+
+
+def world_overrides(args: argparse.Namespace) -> list[str]:
+    """--nproc-per-node and friends as preset overrides of the [distributed] section."""
+    flags = {"nproc_per_node": args.nproc_per_node, "nnodes": args.nnodes, "node_rank": args.node_rank,
+             "rdzv_endpoint": args.rdzv_endpoint, "strategy": args.strategy}
+    return [f"distributed.{key}={value if key != 'rdzv_endpoint' else repr(value)}"
+            for key, value in flags.items() if value is not None]
+
+
+def add_world_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several processes (torchrun; the preset's [distributed] section)")
+    group.add_argument("--nproc-per-node", metavar="N|auto", help="processes on this node, one per GPU (auto: all visible GPUs)")
+    group.add_argument("--nnodes", type=int, metavar="M", help="machines taking part")
+    group.add_argument("--node-rank", type=int, metavar="K", help="this machine's number, 0..M-1 (0 writes the run directory)")
+    group.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, the same on every node")
+    group.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp: whole model per GPU; fsdp: sharded (FSDP2)")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -258,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the newest run of this preset from its checkpoints")
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a preset field (repeatable)")
     run.add_argument("--detach", action="store_true", help="run in the background, immune to the terminal closing; prints the run id")
+    add_world_flags(run)
     run.set_defaults(handler=cmd_run)
 
     estimate = sub.add_parser("estimate", help="memory, fit, largest batch and time of a preset before launching it")
@@ -296,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a stopped, failed or crashed run from its newest checkpoint")
     resume.add_argument("run")
     resume.add_argument("--detach", action="store_true")
+    add_world_flags(resume)
     resume.add_argument("--out-dir", default="runs")
     resume.set_defaults(handler=cmd_resume)
 

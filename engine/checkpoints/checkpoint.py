@@ -62,52 +62,97 @@ class Checkpoint:
         return nested if nested.is_dir() else self.path
 
 
-def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as safetensors wants it: contiguous, float32 master copies, tied weights once."""
-    state = model.state_dict()
+def model_tensors(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors wants it: contiguous, float32 master copies, tied weights once.
+    `state`: the model's state dict already gathered (a sharded model's consolidated weights)."""
+    state = dict(model.state_dict() if state is None else state)
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     return {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
 
 
-def _optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    packed = optimizer.state_dict()
+def gather_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on the CPU under the plain model's names, however it is wrapped (DDP,
+    FSDP2 shards: gathering is collective, so every rank calls it; rank 0 writes the result)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state: dict[str, Any] = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state
+
+
+def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state keyed by parameter name ({"state": {name: {slot: tensor}}, "param_groups"}),
+    consolidated on the CPU (collective under FSDP, like gather_model_state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                        model_state: dict[str, torch.Tensor] | None, optimizer_state: dict[str, Any] | None, *,
+                        from_rank0: bool = False) -> None:
+    """Load consolidated weights (and optimizer state) into a model however it is wrapped. With
+    `from_rank0` (a process group), only rank 0 has read the files and passes them; the others pass None
+    and receive them by broadcast, so no other node needs a copy of the checkpoint."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    # strict=False: a tied lm_head is saved once, under the embedding's name.
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0, strict=False)
+    weights: dict[str, Any] = dict(model_state or {})
+    set_model_state_dict(model, weights, options=options)
+    if optimizer is not None and (optimizer_state is not None or from_rank0):
+        set_optimizer_state_dict(model, optimizer, optimizer_state or {}, options=options)
+
+
+def optimizer_tensors(optimizer_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A name-keyed optimizer state dict ({"state": {param name: {slot: value}}, "param_groups"}) as
+    `optim.<param name>.<slot>` tensors plus the param groups for state.json. Keyed by name, not index,
+    so the state loads into the model however it is wrapped (DDP, FSDP) and on any world size."""
     tensors: dict[str, torch.Tensor] = {}
-    for index, slots in packed["state"].items():
+    for name, slots in optimizer_state["state"].items():
         for slot, value in slots.items():
-            tensors[f"optim.{index}.{slot}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
-    return tensors, {"param_groups": packed["param_groups"]}
+            tensors[f"optim.{name}.{slot}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+    return tensors, {"param_groups": optimizer_state["param_groups"], "keyed_by": "name"}
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    tensors = {"rng.cpu": torch.get_rng_state()}
+def rng_tensors(rank: int = 0) -> dict[str, torch.Tensor]:
+    """This process's random streams (rank > 0: under its own names, beside rank 0's)."""
+    prefix = "rng" if rank == 0 else f"rng.rank{rank}"
+    tensors = {f"{prefix}.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for index, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{index}"] = rng
+            tensors[f"{prefix}.cuda.{index}"] = rng
     return tensors
 
 
 def save_checkpoint(
     stage_dir: Path,
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
     state: dict[str, Any],
     tokenizer_dir: Path,
     keep: int,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoints/<stage>/step_NNNNNN atomically, move `latest` to it, prune old ones."""
+    """Write checkpoints/<stage>/step_NNNNNN atomically, move `latest` to it, prune old ones.
+    `model_state` comes from `model_tensors`, `optimizer_state` is name-keyed (`optimizer_tensors`),
+    `rng` every rank's random streams (`rng_tensors`; default: this process's)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / f"step_{state['step']:06d}"
     tmp = stage_dir / f".{final.name}.tmp-{os.getpid()}"
     _remove_stale_temporaries(stage_dir)
     tmp.mkdir()
     with writing(tmp / "model.safetensors"):  # safetensors tells a full disk only as "(os error 28)"
-        save_file(model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    trainer = _rng_tensors()
+        save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    trainer = dict(rng if rng is not None else rng_tensors())
     state = {**state, "format": FORMAT_VERSION, "saved_at": time.time(), "torch_version": torch.__version__}
-    if optimizer is not None:
-        optim_tensors, optim_meta = _optimizer_payload(optimizer)
+    if optimizer_state is not None:
+        optim_tensors, optim_meta = optimizer_tensors(optimizer_state)
         trainer.update(optim_tensors)
         state["optimizer"] = optim_meta
     with writing(tmp / "trainer.safetensors"):
@@ -200,24 +245,46 @@ def latest_checkpoint(stage_dir: Path) -> Checkpoint | None:
     return read_checkpoint(done[-1]) if done else None
 
 
-def load_model_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
+def read_model_tensors(ckpt_dir: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, checked to fit `model` by name (a tied lm_head may be absent)."""
     tensors = load_file(str(Path(ckpt_dir) / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    expected = set(model.state_dict())
     allowed_missing = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    if set(missing) - allowed_missing or unexpected:
+    missing, unexpected = sorted(expected - set(tensors) - allowed_missing), sorted(set(tensors) - expected)
+    if missing or unexpected:
         raise CheckpointError(f"{ckpt_dir}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+    return tensors
 
 
-def restore_trainer_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
-    """Optimizer moments and RNG streams, so a resumed run continues bit-for-bit on the CPU."""
+def load_model_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
+    model.load_state_dict(read_model_tensors(ckpt_dir, model), strict=False)
+
+
+def read_trainer_state(ckpt: Checkpoint, names: list[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checkpoint's optimizer state, name-keyed (what `World.load_full_state` takes), and its RNG tensors.
+
+    `names`: the model's parameter names in the optimizer's order, to read checkpoints written before the
+    state was keyed by name (their slots and param groups count parameters by position)."""
     tensors = load_file(str(ckpt.path / "trainer.safetensors"))
-    slots: dict[int, dict[str, torch.Tensor]] = {}
+    meta = ckpt.state["optimizer"]
+    slots: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, index, slot = key.split(".", 2)
-            slots.setdefault(int(index), {})[slot] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": ckpt.state["optimizer"]["param_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+            name, slot = key[len("optim."):].rsplit(".", 1)
+            slots.setdefault(name, {})[slot] = value
+    groups = meta["param_groups"]
+    if meta.get("keyed_by") != "name":  # positions: the order build_optimizer lists parameters in
+        slots = {names[int(index)]: value for index, value in slots.items()}
+        groups = [{**group, "params": [names[int(i)] for i in group["params"]]} for group in groups]
+    rng = {key: value for key, value in tensors.items() if key.startswith("rng")}
+    return {"state": slots, "param_groups": groups}, rng
+
+
+def restore_rng(rng: dict[str, torch.Tensor], rank: int = 0) -> None:
+    """This rank's random streams as saved (rank 0's for a rank the checkpoint did not have), so a resumed
+    run continues bit-for-bit on the CPU."""
+    prefix = f"rng.rank{rank}" if rank and f"rng.rank{rank}.cpu" in rng else "rng"
+    torch.set_rng_state(rng[f"{prefix}.cpu"])
+    cuda_states = [rng[k] for k in sorted(rng) if k.startswith(f"{prefix}.cuda.")]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)

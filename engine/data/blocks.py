@@ -122,39 +122,57 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 class EpochSampler:
     """Shuffled fixed-size batches over `indices`, resumable mid-epoch; use as a DataLoader batch_sampler.
 
-    One iteration yields the rest of the current epoch, then the sampler moves to the next epoch. The last
-    incomplete batch is dropped so every step sees the same batch shape.
+    One iteration yields the rest of the current epoch, then the sampler moves to the next epoch. Each
+    epoch's order depends only on (seed, epoch). An epoch is cut to whole optimizer steps of
+    `step_samples` sequences (batch_size * world * accumulation), so every step has the same shape.
+
+    Under torchrun each rank owns a sampler with its `rank` and `world`: the world draws a global batch of
+    batch_size * world sequences and rank r takes its r-th share, so N ranks x batch b step through
+    exactly the sequences one rank x N*b would, in the same order. The position is kept in sequences
+    (not batches), so a run stopped on one world size resumes on another with the same global batch.
     """
 
-    def __init__(self, indices: np.ndarray | list[int], batch_size: int, seed: int = 0):
+    def __init__(self, indices: np.ndarray | list[int], batch_size: int, seed: int = 0, *, rank: int = 0,
+                 world: int = 1, step_samples: int | None = None):
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        self.batch_size, self.seed = batch_size, seed
-        self.batches_per_epoch = len(self.indices) // batch_size
-        if self.batches_per_epoch == 0:
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.global_batch = batch_size * world
+        step_samples = step_samples or self.global_batch
+        if step_samples % self.global_batch:
+            raise DataError(f"an optimizer step of {step_samples} sequences is not a whole number of global "
+                            f"batches of {self.global_batch} (batch_size {batch_size} x {world} processes)")
+        self.epoch_samples = len(self.indices) // step_samples * step_samples
+        if self.epoch_samples == 0:
             raise DataError(
-                f"only {len(self.indices)} training sequences, fewer than batch_size {batch_size}; "
-                "lower batch_size or max_seq_len, or add data"
+                f"only {len(self.indices)} training sequences, fewer than one step of {step_samples} "
+                f"(batch_size {batch_size} x {world} process(es) x accumulation); lower batch_size or max_seq_len, or add data"
             )
-        self.epoch, self.position = 0, 0
+        self.batches_per_epoch = self.epoch_samples // self.global_batch
+        self.epoch, self.sample = 0, 0  # sample: sequences of this epoch already drawn by the whole world
 
     def __len__(self) -> int:
-        return self.batches_per_epoch - self.position if self.position < self.batches_per_epoch else self.batches_per_epoch
+        left = (self.epoch_samples - self.sample) // self.global_batch
+        return left if left > 0 else self.batches_per_epoch
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.position >= self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
+        if self.sample >= self.epoch_samples:
+            self.epoch, self.sample = self.epoch + 1, 0
         order = self.indices[epoch_permutation(len(self.indices), self.seed, self.epoch)]
-        while self.position < self.batches_per_epoch:
-            start = self.position * self.batch_size
+        while self.sample < self.epoch_samples:
+            start = self.sample + self.rank * self.batch_size
             batch = order[start : start + self.batch_size].tolist()
-            self.position += 1  # counted before yielding: state_dict() taken after this batch resumes after it
+            self.sample += self.global_batch  # counted before yielding: state_dict() taken after this batch resumes after it
             yield batch
-        self.epoch, self.position = self.epoch + 1, 0
+        self.epoch, self.sample = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
-        if self.position >= self.batches_per_epoch:
-            return {"epoch": self.epoch + 1, "position": 0}
-        return {"epoch": self.epoch, "position": self.position}
+        if self.sample >= self.epoch_samples:
+            return {"epoch": self.epoch + 1, "sample": 0}
+        return {"epoch": self.epoch, "sample": self.sample}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.epoch, self.sample = int(state["epoch"]), int(state["sample"])
+        if self.sample % self.global_batch:
+            raise DataError(f"the saved data position ({self.sample} sequences into epoch {self.epoch}) is not a "
+                            f"whole number of global batches of {self.global_batch}; resume with the batch_size "
+                            "and number of processes the run was saved with")

@@ -101,9 +101,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     right away. Only grad_hidden (N, C) and grad_weight (vocab, C) outlive forward."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int, dtype: torch.dtype) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int, dtype: torch.dtype,
+                denominator: Tensor | None) -> Tensor:
         valid = targets != IGNORE_INDEX
-        count = valid.sum().clamp(min=1)  # all ignored: loss 0, not NaN
+        count = (valid.sum() if denominator is None else denominator).clamp(min=1)  # all ignored: loss 0, not NaN
         scale = 1.0 / count.to(torch.float32)
         need_grad = any(ctx.needs_input_grad[:2])
         h_all, w = hidden.to(dtype), weight.to(dtype)
@@ -141,12 +142,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[:2]
         return (grad_hidden * grad_out if need_h else None, grad_weight * grad_out if need_w else None,
-                None, None, None)
+                None, None, None, None)
 
 
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int,
+                         denominator: Tensor | None = None) -> Tensor:
     """Mean cross-entropy over the non-ignored rows of hidden (N, C) projected by weight (vocab, C);
-    the logits are float32 a chunk at a time, the matmuls in the autocast dtype when autocast is on."""
+    the logits are float32 a chunk at a time, the matmuls in the autocast dtype when autocast is on.
+    With `denominator`, the sum over the rows divided by it instead: the target count of a whole
+    optimizer step (all micro-batches, all ranks), so that the pieces add up to the step's token mean."""
     dtype = compute_dtype(hidden.device.type, hidden.dtype)
     with torch.autocast(hidden.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, dtype, denominator)

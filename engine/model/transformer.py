@@ -291,9 +291,11 @@ class CausalLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, input_ids: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> ModelOutput:
+                last_only: bool = False, loss_tokens: Tensor | None = None) -> ModelOutput:
         """input_ids (B, T). targets (B, T) with IGNORE_INDEX (engine.data.blocks) for positions without loss: returns loss, no
-        logits. Without targets: logits (B, T, vocab), or (B, 1, vocab) for the last position only."""
+        logits. Without targets: logits (B, T, vocab), or (B, 1, vocab) for the last position only.
+        `loss_tokens`: divide the summed loss by this target count instead of the batch's own (see
+        engine/train/step.py: the step's loss is a mean over all its tokens, whatever the world size)."""
         hidden, aux_loss = self.model(input_ids, cache)  # (B, T, C)
         if targets is None:
             if last_only:
@@ -301,9 +303,9 @@ class CausalLM(nn.Module):
             return ModelOutput(logits=self.lm_head(hidden), aux_loss=aux_loss)
         B, T, C = hidden.shape
         loss = linear_cross_entropy(
-            hidden.reshape(B * T, C), self.lm_head.weight, targets.reshape(B * T), self.loss_chunk_rows
+            hidden.reshape(B * T, C), self.lm_head.weight, targets.reshape(B * T), self.loss_chunk_rows, loss_tokens
         )
-        if aux_loss is not None:
+        if aux_loss is not None and loss_tokens is None:  # with loss_tokens the step weighs the two parts itself
             loss = loss + aux_loss
         return ModelOutput(loss=loss, aux_loss=aux_loss)
 

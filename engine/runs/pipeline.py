@@ -6,6 +6,7 @@ the stages themselves live in engine.data.tokenizer and engine.train.loop.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.atomic import write_json_atomic
+from engine.atomic import publish_dir, write_json_atomic
 from engine.checkpoints.checkpoint import Checkpoint, latest_checkpoint
 from engine.checkpoints.lookup import check_architecture, newest_matching_checkpoint, resolve_checkpoint
 from engine.config import Preset, StageName, load_preset, resolve_path
@@ -44,6 +45,7 @@ from engine.runs.run_dir import (
 )
 from engine.runs.state import RunState
 from engine.runs.tracking import SwanlabTracker
+from engine.train.distributed import World
 
 # How often step events refresh status.json (each refresh is an fsync'd file replace).
 STATUS_REFRESH_S = 2.0
@@ -60,8 +62,8 @@ class PipelineResult:
 class _StopFlag:
     """Set by SIGTERM/SIGINT or control/stop; the loop checkpoints and exits at the next step boundary."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, writes_status: bool = True) -> None:
+        self.run_dir, self.writes_status = run_dir, writes_status
         self.signalled: str | None = None
         self.announced = False
 
@@ -69,7 +71,8 @@ class _StopFlag:
         stopping = self.signalled is not None or stop_requested(self.run_dir)
         if stopping and not self.announced:
             self.announced = True
-            write_status(self.run_dir, state=RunState.STOPPING)
+            if self.writes_status:
+                write_status(self.run_dir, state=RunState.STOPPING)
         return stopping
 
     @contextmanager
@@ -215,21 +218,35 @@ def run_pipeline(
         return _run_locked(run_dir, preset, resume, listeners or [], stages)
 
 
-def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Listener], stages: list[StageName] | None) -> PipelineResult:
+def run_rank(run_dir: Path, preset: Preset, *, resume: bool, listeners: list[Listener], world: World) -> PipelineResult:
+    """One rank of a torchrun job: the stages without the run lock and heartbeat, which the supervisor holds
+    for the whole job (engine/runs/launch.py)."""
+    return _run_locked(run_dir, preset, resume, listeners, None, world)
+
+
+def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Listener], stages: list[StageName] | None,
+                world: World | None = None) -> PipelineResult:
+    """The stages, in this process. Under torchrun every rank runs this (engine/runs/ranks.py): rank 0 owns the
+    run directory (events, status, tokenizer, checkpoints) and the others follow it with a silent log."""
     from engine.train.loop import train_stage
 
+    world = world or World.single()
+    if not world.is_main:
+        return _follow(run_dir, preset, resume, stages, world, train_stage)
     log = EventLog(run_dir / "events.jsonl", [_status_listener(run_dir), *listeners])
     tracker = SwanlabTracker.create(preset, run_dir, log)  # None unless [tracking.swanlab] is enabled
     if tracker:
         log.listeners.append(tracker)
     stop = _StopFlag(run_dir)
     result = PipelineResult(run_dir, RunState.FINISHED)
-    done = set(read_status(run_dir).get("stages_done", [])) if resume else set()
+    done = world.broadcast(set(read_status(run_dir).get("stages_done", [])) if resume else set())
     if resume and read_status(run_dir).get("state") != RunState.QUEUED:
         # The stop that ended the last session is spent (engine.runs.manage.reserve_start spent it already for a
         # queued run: a stop found now was given while this process started, and is obeyed).
         (run_dir / "control" / "stop").unlink(missing_ok=True)
-    claim_status(run_dir, state=RunState.RUNNING, exit_reason=None, resumed=resume, stages_done=sorted(done))
+    # Under torchrun the supervisor (engine/runs/launch.py) has claimed the run: its pid outlives a rank's.
+    (write_status if world.distributed else claim_status)(run_dir, state=RunState.RUNNING, exit_reason=None,
+                                                          resumed=resume, stages_done=sorted(done))
     try:
         with stop.handling_signals():
             for stage in stages or preset.stages:
@@ -237,14 +254,16 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
                     continue
                 if stage == "tokenizer":
                     result.stages["tokenizer"] = prepare_tokenizer(preset, run_dir, log, resume)
+                    share_tokenizer(world, run_dir)
                 else:
                     tokenizer_dir = run_dir / "tokenizer"
-                    init = resolve_init(stage, preset, run_dir)
+                    init = world.broadcast(resolve_init(stage, preset, run_dir))
                     if not (tokenizer_dir / "tokenizer.json").is_file():
                         _adopt_missing_tokenizer(preset, run_dir, init, log)
+                    share_tokenizer(world, run_dir)
                     check_vocab(preset, tokenizer_dir, log)
                     outcome = train_stage(stage, preset, run_dir, tokenizer_dir, log, init_from=init,
-                                          resume=resume, should_stop=stop)
+                                          resume=resume, should_stop=stop, world=world)
                     result.stages[stage] = outcome
                     if outcome.state == RunState.STOPPED:
                         result.state = RunState.STOPPED
@@ -277,6 +296,49 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
         tracker.close(result.state)
     log.close()
     return result
+
+
+def _follow(run_dir: Path, preset: Preset, resume: bool, stages: list[StageName] | None, world: World,
+            train_stage: Any) -> PipelineResult:
+    """A rank other than 0: the same stages in the same order, every decision received from rank 0 (what is
+    done, the starting weights, the tokenizer), nothing written to the run directory. Failures are left to
+    torchrun and the supervisor, which name the rank."""
+    result = PipelineResult(run_dir, RunState.FINISHED)
+    silent = EventLog()
+    stop = _StopFlag(run_dir, writes_status=False)
+    done = world.broadcast(None)
+    with stop.handling_signals():
+        for stage in stages or preset.stages:
+            if stage in done:
+                continue
+            if stage == "tokenizer":
+                share_tokenizer(world, run_dir)
+                continue
+            init = world.broadcast(None)
+            share_tokenizer(world, run_dir)
+            outcome = train_stage(stage, preset, run_dir, run_dir / "tokenizer", silent, init_from=init,
+                                  resume=resume, should_stop=stop, world=world)
+            result.stages[stage] = outcome
+            if outcome.state == RunState.STOPPED:
+                result.state = RunState.STOPPED
+                break
+    return result
+
+
+def share_tokenizer(world: World, run_dir: Path) -> None:
+    """Rank 0's run_dir/tokenizer on every node: sent over the process group (a few MB) and written by each
+    node's first process where it is missing, so nodes need no shared filesystem."""
+    if not world.distributed:
+        return
+    folder = run_dir / "tokenizer"
+    files = world.broadcast({p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} if world.is_main else None)
+    if world.is_local_main and not world.is_main and not (folder / "tokenizer.json").is_file():
+        tmp = run_dir / f".tokenizer.tmp-{os.getpid()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        publish_dir(tmp, folder, keep_existing=True)
+    world.barrier()  # every node has it before anyone reads it
 
 
 def failure_message(error: BaseException, run_dir: Path) -> str:

@@ -3,6 +3,9 @@
 A stage saves every `save_interval` steps, at its last step and when a stop was requested, and
 never the same step twice (a stop requested right on a periodic save writes one checkpoint). The
 files themselves — atomic publish, `latest`, pruning — are engine/checkpoints/checkpoint.py's job.
+
+Under torchrun every rank takes part in a save (gathering FSDP shards is collective) and rank 0 alone
+writes; on a restore rank 0 alone reads, and the state reaches the other ranks by broadcast.
 """
 
 from __future__ import annotations
@@ -14,24 +17,45 @@ from typing import Any
 
 import torch
 
-from engine.checkpoints.checkpoint import Checkpoint, load_model_weights, restore_trainer_state, save_checkpoint
+from engine.checkpoints.checkpoint import (
+    Checkpoint,
+    gather_model_state,
+    gather_optimizer_state,
+    load_training_state,
+    model_tensors,
+    read_model_tensors,
+    read_trainer_state,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+)
 from engine.events import CheckpointEvent, EventLog
+from engine.train.distributed import World
 
 
 class Checkpointer:
-    def __init__(self, stage: str, stage_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 tokenizer_dir: Path, save_interval: int, keep: int, log: EventLog) -> None:
+    def __init__(self, stage: str, stage_dir: Path, *, model: torch.nn.Module, wrapped: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, world: World, tokenizer_dir: Path, save_interval: int, keep: int,
+                 log: EventLog) -> None:
         self.stage, self.stage_dir = stage, stage_dir
-        self.model, self.optimizer = model, optimizer
+        self.model, self.wrapped, self.optimizer, self.world = model, wrapped, optimizer, world
         self.tokenizer_dir, self.save_interval, self.keep, self.log = tokenizer_dir, save_interval, keep, log
         self.last_path: Path | None = None
         self.last_step: int | None = None
 
-    def restore(self, found: Checkpoint) -> None:
-        """Load a checkpoint of this stage (the newest complete one, on resume) into the model and optimizer."""
-        load_model_weights(self.model, found.path)
-        restore_trainer_state(found, self.optimizer)
-        self.last_path, self.last_step = found.path, found.step
+    def restore(self, found: Checkpoint | None, step: int) -> None:
+        """Load a checkpoint of this stage (the newest intact one, on resume) into the model and optimizer.
+        Rank 0 passes what it found; the others pass None."""
+        model_state = optimizer_state = None
+        rng: dict[str, torch.Tensor] = {}
+        if found is not None:
+            names = [name for name, _ in self.model.named_parameters()]
+            model_state = read_model_tensors(found.path, self.model)
+            optimizer_state, rng = read_trainer_state(found, names)
+        load_training_state(self.wrapped, self.optimizer, model_state, optimizer_state, from_rank0=self.world.distributed)
+        restore_rng(self.world.broadcast(rng), self.world.rank)
+        self.last_path = found.path if found is not None else None
+        self.last_step = step
 
     def due(self, step: int, *, last_step: bool, stopping: bool) -> bool:
         if step == self.last_step:
@@ -39,13 +63,21 @@ class Checkpointer:
         return last_step or stopping or step % self.save_interval == 0
 
     def maybe_save(self, step: int, state: Callable[[], dict[str, Any]], *, last_step: bool, stopping: bool) -> Path | None:
-        """Save if this step is due (see the module docstring); the path written, else None."""
+        """Save if this step is due (see the module docstring); the path written (rank 0), else None."""
         if not self.due(step, last_step=last_step, stopping=stopping):
             return None
         started = time.perf_counter()
-        path = save_checkpoint(self.stage_dir, model=self.model, optimizer=self.optimizer, state=state(),
-                               tokenizer_dir=self.tokenizer_dir, keep=self.keep)
-        self.last_path, self.last_step = path, step
+        model_state = model_tensors(self.model, gather_model_state(self.wrapped))
+        optimizer_state = gather_optimizer_state(self.wrapped, self.optimizer)
+        rng: dict[str, torch.Tensor] = {}
+        for part in self.world.gather(rng_tensors(self.world.rank)):
+            rng.update(part)
+        self.last_step = step
+        if not self.world.is_main:
+            return None
+        path = save_checkpoint(self.stage_dir, model_state=model_state, optimizer_state=optimizer_state, rng=rng,
+                               state=state(), tokenizer_dir=self.tokenizer_dir, keep=self.keep)
+        self.last_path = path
         self.log.emit(CheckpointEvent(stage=self.stage, step=step, path=str(path),
                                       seconds=round(time.perf_counter() - started, 3)))
         return path

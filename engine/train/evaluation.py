@@ -13,7 +13,7 @@ from engine.train.stage_data import collate
 
 
 @torch.no_grad()
-def evaluate(model: CausalLM, blocks, indices, batch_size: int, max_batches: int, precision: Precision) -> float | None:
+def evaluate(model: torch.nn.Module, blocks, indices, batch_size: int, max_batches: int, precision: Precision) -> float | None:
     """Mean held-out loss over up to max_batches batches (token-weighted within each batch)."""
     if len(indices) == 0:
         return None

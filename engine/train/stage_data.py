@@ -19,21 +19,33 @@ from engine.data.blocks import EpochSampler, PretrainBlocks, SFTBlocks
 from engine.data.jsonl import Kind
 from engine.data.token_cache import build_token_cache
 from engine.events import CacheProgressEvent, EventLog, NoteEvent, WarningEvent
+from engine.train.distributed import World
 from engine.train.step import Batch
 
 
-def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: EventLog
+def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: EventLog, world: World | None = None
                 ) -> tuple[PretrainBlocks | SFTBlocks, dict[str, Any]]:
-    """The stage's blocks and what stage_start reports about its data."""
+    """The stage's blocks and what stage_start reports about its data. Under torchrun the first process of
+    each node builds the token cache while the node's other processes wait, then they all open it (the
+    cache is the same bytes wherever it is built, so nodes with their own disks agree)."""
+    world = world or World.single()
     cfg = preset.stage(stage)
     kind: Kind = "pretrain" if stage == "pretrain" else "sft"
     started = time.perf_counter()
     workers = preset.runtime.data_workers
-    cache = build_token_cache(
-        Path(cfg.data_path), tokenizer_dir, kind, Path(preset.runtime.cache_dir), on_bad_line=cfg.on_bad_line,
-        stage=stage, workers=None if workers == "auto" else workers, progress=CacheProgress(stage, log),
-        on_wait=lambda message: log.emit(NoteEvent(stage=stage, message=message)),
-    )
+
+    def build() -> Any:
+        return build_token_cache(
+            Path(cfg.data_path), tokenizer_dir, kind, Path(preset.runtime.cache_dir), on_bad_line=cfg.on_bad_line,
+            stage=stage, workers=None if workers == "auto" else workers, progress=CacheProgress(stage, log),
+            on_wait=lambda message: log.emit(NoteEvent(stage=stage, message=message)),
+        )
+
+    if world.is_local_main:
+        cache = build()
+    world.barrier()  # the node's builder is done (a builder that fails ends the job through torchrun)
+    if not world.is_local_main:
+        cache = build()  # opens the cache just published
     meta = dict(cache.meta)
     skipped = meta.get("stats", {}).get("skipped", 0)
     if skipped:
@@ -88,8 +100,3 @@ def batch_stream(blocks: torch.utils.data.Dataset, sampler: EpochSampler, *, num
     )
     while True:
         yield from loader
-
-
-def sampler_state(consumed: int, batches_per_epoch: int) -> dict[str, int]:
-    """Where an epoch sampler stands after `consumed` micro-batches (what a checkpoint stores)."""
-    return {"epoch": consumed // batches_per_epoch, "position": consumed % batches_per_epoch}

@@ -340,12 +340,30 @@ def test_sampler_resume_matches_uninterrupted_run():
     assert len({i for b in straight[:5] for i in b}) == 20  # no repeats within an epoch
 
 
+def test_ranks_share_each_global_batch_like_one_bigger_batch():
+    """Guards against ranks drawing overlapping or differently ordered data: 2 ranks x batch 3 must see,
+    step by step, the halves of what 1 rank x batch 6 sees, and a position saved on 2 ranks must resume on 1
+    (and on 2 with accumulation) at the same sequence."""
+    indices = np.arange(40)
+    one = _take(EpochSampler(indices, 6, seed=3), 12)
+    ranks = [_take(EpochSampler(indices, 3, seed=3, rank=r, world=2), 12) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks)] == one
+    two = EpochSampler(indices, 3, seed=3, rank=1, world=2)
+    _take(two, 2)
+    on_one = EpochSampler(indices, 3, seed=3, step_samples=6)  # 1 rank, accumulation 2: same global batch
+    on_one.load_state_dict(two.state_dict())
+    flat = [i for batch in one[2:4] for i in batch]
+    assert [i for batch in _take(on_one, 4) for i in batch] == flat
+    with pytest.raises(DataError, match="whole number of global batches"):
+        EpochSampler(indices, 4, seed=3).load_state_dict({"epoch": 0, "sample": 6})
+
+
 def test_sampler_state_at_epoch_end_and_dataloader():
     """Guards against state saved right after an epoch's last batch replaying that epoch, and DataLoader misuse."""
     sampler = EpochSampler(list(range(12)), 3, seed=0)
     assert sampler.batches_per_epoch == 4
     epoch0 = _take(sampler, 4)
-    assert sampler.state_dict() == {"epoch": 1, "position": 0}
+    assert sampler.state_dict() == {"epoch": 1, "sample": 0}
     other = EpochSampler(list(range(12)), 3, seed=0)
     other.load_state_dict(sampler.state_dict())
     assert _take(other, 4) != epoch0 and _take(sampler, 4) == _take(EpochSampler(list(range(12)), 3, seed=0), 8)[4:]
@@ -353,5 +371,5 @@ def test_sampler_state_at_epoch_end_and_dataloader():
     loader = torch.utils.data.DataLoader(data, batch_sampler=EpochSampler(list(range(12)), 3, seed=0))
     batches = [b.tolist() for b in loader]
     assert len(batches) == 4 and sorted(x for b in batches for x in b) == list(range(0, 120, 10))
-    with pytest.raises(DataError, match="fewer than batch_size"):
+    with pytest.raises(DataError, match="fewer than one step"):
         EpochSampler([1, 2], 3)

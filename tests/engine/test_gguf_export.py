@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.chat.session import load_model
-from engine.checkpoints.checkpoint import Checkpoint, read_checkpoint
+from engine.checkpoints.checkpoint import Checkpoint, model_tensors, read_checkpoint
 from engine.checkpoints.gguf_export import GGUF_DTYPES, export_gguf, storage_type
 from engine.checkpoints.gguf_vocab import GPT2_SPLIT_REGEX
 from engine.checkpoints.hf_export import ExportError, export_hf
@@ -49,7 +49,8 @@ def wide_export(ckpt: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> P
 
     root = tmp_path_factory.mktemp("wide")
     config = ModelConfig(**{**ckpt.state["model"], "vocab_size": ckpt.model_config.vocab_size + 40})
-    saved = save_checkpoint(root / "ckpt", model=CausalLM(config), optimizer=None, keep=1, tokenizer_dir=ckpt.tokenizer_dir,
+    saved = save_checkpoint(root / "ckpt", model_state=model_tensors(CausalLM(config)), optimizer_state=None, keep=1,
+                            tokenizer_dir=ckpt.tokenizer_dir,
                             state={"stage": "sft", "step": 0, "model": config.model_dump(mode="json")})
     return export_gguf(read_checkpoint(saved), root / "gguf", "f32")
 
