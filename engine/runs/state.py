@@ -6,7 +6,8 @@ shown as one. Torch-free, so the studio can import it at start-up.
 
 A run's own states, in the order it goes through them:
 
-    queued     created by the launcher; no run process has claimed it yet
+    queued     created by the launcher, or reserved for a resume (engine.runs.manage); no run process has
+               claimed it yet
     running    the run process owns the directory and is working through its stages
     stopping   a stop was requested (control/stop or a signal); it finishes the step and checkpoints
     stopped    terminal, resumable: it stopped on request after writing a checkpoint
