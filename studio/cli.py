@@ -281,7 +281,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from engine.train.calibrate import calibrate, detect_target
     from studio.estimate_view import estimate_renderable, estimate_title
 
-    preset = load_preset(args.preset, list(args.set or []))
+    preset = load_preset(args.preset, list(args.set or []) + world_overrides(args))
     gpu_mem = parse_bytes(args.gpu_mem) if args.gpu_mem else None
     target = detect_target(preset, device=args.device, gpu_name=args.gpu, gpu_mem_bytes=gpu_mem, dtype=args.dtype)
     stages = [s for s in preset.stages if s != "tokenizer" and (args.stage is None or s == args.stage)]
@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--calibrate", action="store_true", help="measure throughput and peak memory with real steps here")
     estimate.add_argument("--calibrate-steps", type=int, default=20, metavar="N")
     estimate.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a preset field (repeatable)")
+    add_world_flags(estimate)
     estimate.set_defaults(handler=cmd_estimate)
 
     runs = sub.add_parser("runs", help="list runs with their state, stage, step, loss and throughput")

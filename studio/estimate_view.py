@@ -84,6 +84,9 @@ def estimate_renderable(title: str, target: Target, stages: list[StageEstimate],
                         measured: dict[str, int] | None = None) -> RenderableType:
     parts: list[RenderableType] = [Text(title, style="bold"), Text(target_line(target), style="dim"), Text("")]
     for stage in stages:
+        if stage.world_size > 1:
+            parts.append(Text(f"{stage.stage}: {stage.world_size} processes ({stage.strategy}); memory is per process, "
+                              f"global batch {stage.global_batch} sequences per step", style="dim"))
         parts.append(stage_table(stage, target, (measured or {}).get(stage.stage)))
         parts.append(verdict(stage, target))
         parts.extend(Text(f"  - {note}", style="yellow") for note in stage.advice)

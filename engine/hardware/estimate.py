@@ -98,6 +98,9 @@ class StageEstimate:
     seconds: float | None
     throughput_source: str  # "measured ..." or "assumed ..."
     advice: list[str] = field(default_factory=list)
+    world_size: int = 1  # processes (GPUs) training together; memory figures are per process
+    strategy: str = "ddp"
+    global_batch: int = 0  # sequences per optimizer step over all processes
 
 
 def element_size(dtype: str) -> int:
@@ -137,10 +140,16 @@ def activation_bytes_per_token(config: ModelConfig, dtype: str, device: Device, 
 
 
 def training_memory(config: ModelConfig, batch: int, seq: int, target: Target, checkpointing: bool = False,
-                    accumulation_steps: int = 1) -> MemoryBreakdown:
+                    accumulation_steps: int = 1, world: int = 1, strategy: str = "ddp") -> MemoryBreakdown:
+    """One process's memory for a micro-batch of `batch` x `seq`. Under FSDP (world > 1) weights, gradients and
+    AdamW moments are split over the processes, plus the two layers gathered whole at a time (the one
+    computing and the one prefetched); DDP keeps everything whole and adds its gradient buckets."""
     from engine.hardware.flops import count_parameters
 
     total, _ = count_parameters(config)
+    sharded = world > 1 and strategy == "fsdp"
+    layer = (total - config.vocab_size * config.hidden_size) // max(1, config.num_hidden_layers)
+    kept = -(-total // world) if sharded else total  # parameters whose fp32 state this process holds
     a = element_size(target.dtype)
     tokens = batch * seq
     C, V = config.hidden_size, config.vocab_size
@@ -159,9 +168,11 @@ def training_memory(config: ModelConfig, batch: int, seq: int, target: Target, c
     if may_use_matmul:
         # The matmul attention kernel is, or may be, the faster one here (engine/model/attention.py): count what it keeps.
         activations += probs // layers if checkpointing else probs
+    gathered = 2 * layer * 4 if sharded else 0  # unsharded fp32 layers alive during forward/backward
+    buckets = 4 * total if world > 1 and not sharded else 0  # DDP's flat all-reduce buckets
     return MemoryBreakdown(
-        weights=4 * total, gradients=4 * total, optimizer=8 * total,
-        weight_casts=a * total if a == 2 else 0, activations=activations, loss=int(loss),
+        weights=4 * kept + gathered, gradients=4 * kept + buckets, optimizer=8 * kept,
+        weight_casts=a * (2 * layer if sharded else total) if a == 2 else 0, activations=activations, loss=int(loss),
         transient=int(transient), framework=framework, accumulating=accumulation_steps > 1,
     )
 
@@ -174,14 +185,14 @@ def device_peak(memory: MemoryBreakdown, target: Target) -> int:
 
 
 def largest_batch(config: ModelConfig, seq: int, target: Target, checkpointing: bool = False,
-                  accumulation_steps: int = 1, limit: int = 4096) -> int:
+                  accumulation_steps: int = 1, limit: int = 4096, world: int = 1, strategy: str = "ddp") -> int:
     """The largest micro-batch whose peak fits target.memory_bytes (0: not even one sequence)."""
     memory_bytes = target.memory_bytes
     if memory_bytes is None:
         raise ValueError("largest_batch needs the device memory")
 
     def fits(batch: int) -> bool:
-        memory = training_memory(config, batch, seq, target, checkpointing, accumulation_steps)
+        memory = training_memory(config, batch, seq, target, checkpointing, accumulation_steps, world, strategy)
         return device_peak(memory, target) <= memory_bytes
 
     if not fits(1):
@@ -196,16 +207,16 @@ def largest_batch(config: ModelConfig, seq: int, target: Target, checkpointing: 
     return low
 
 
-def stage_tokens(preset: Preset, stage: StageName, data_bytes: int | None) -> tuple[int | None, int | None]:
+def stage_tokens(preset: Preset, stage: StageName, data_bytes: int | None, world: int = 1) -> tuple[int | None, int | None]:
     """(optimizer steps, tokens trained on) for a stage: exact with max_steps, else from the data size."""
     cfg = preset.stage(stage)
-    per_step = cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
+    per_step = cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps * world
     if cfg.max_steps:
         return cfg.max_steps, cfg.max_steps * per_step
     if data_bytes is None:
         return None, None
     blocks = int(data_bytes / ASSUMED_BYTES_PER_TOKEN) // cfg.max_seq_len
-    steps = max(1, cfg.epochs * (blocks // cfg.batch_size) // cfg.accumulation_steps)
+    steps = max(1, cfg.epochs * (blocks // (cfg.batch_size * world)) // cfg.accumulation_steps)
     return steps, steps * per_step
 
 
@@ -252,24 +263,30 @@ def estimate_stage(preset: Preset, stage: StageName, target: Target, *, data_byt
 
     cfg = preset.stage(stage)
     checkpointing = preset.runtime.activation_checkpointing
+    d = preset.distributed
+    # nproc_per_node = auto counts the GPUs of the machine it runs on; planning elsewhere, give the number.
+    world = (d.nproc_per_node if isinstance(d.nproc_per_node, int) else 1) * d.nnodes
     memory = training_memory(preset.model, cfg.batch_size, cfg.max_seq_len, target, checkpointing,
-                             cfg.accumulation_steps)
+                             cfg.accumulation_steps, world, d.strategy)
     fits = best = None
     if target.memory_bytes is not None:
         fits = device_peak(memory, target) <= target.memory_bytes
         # With accumulation the gradients ride along every micro-batch, also when the batch is split further.
-        best = largest_batch(preset.model, cfg.max_seq_len, target, checkpointing, max(2, cfg.accumulation_steps))
-    steps, tokens = stage_tokens(preset, stage, data_bytes)
+        best = largest_batch(preset.model, cfg.max_seq_len, target, checkpointing, max(2, cfg.accumulation_steps),
+                             world=world, strategy=d.strategy)
+    steps, tokens = stage_tokens(preset, stage, data_bytes, world)
     source = throughput_source or ""
     if tokens_per_s is None and target.peak_tflops:
-        tokens_per_s = ASSUMED_MFU * target.peak_tflops * 1e12 / flops_per_token(preset.model, cfg.max_seq_len)
-        source = f"assumed {ASSUMED_MFU:.0%} MFU of {target.peak_tflops:.3g} TFLOP/s; --calibrate measures it"
+        tokens_per_s = world * ASSUMED_MFU * target.peak_tflops * 1e12 / flops_per_token(preset.model, cfg.max_seq_len)
+        source = (f"assumed {ASSUMED_MFU:.0%} MFU of {target.peak_tflops:.3g} TFLOP/s"
+                  f"{f' on each of {world} processes' if world > 1 else ''}; --calibrate measures it")
     seconds = tokens / tokens_per_s if tokens and tokens_per_s else None
     if tokens is None:
         source = f"{source}; time unknown: {cfg.data_path} is not there and {stage}.max_steps is not set"
     return StageEstimate(stage, cfg.batch_size, cfg.max_seq_len, cfg.accumulation_steps, memory, fits, best, steps,
                          tokens, tokens_per_s, seconds, source.strip("; ") or "unknown (run with --calibrate)",
-                         advise(preset, stage, target, memory, best))
+                         advise(preset, stage, target, memory, best), world, d.strategy,
+                         cfg.batch_size * cfg.accumulation_steps * world)
 
 
 def parse_bytes(text: str) -> int:

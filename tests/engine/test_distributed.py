@@ -250,3 +250,57 @@ def test_resume_on_a_world_that_cannot_keep_the_global_batch_is_refused(make_pre
     with pytest.raises(PresetError, match="cannot make up"):
         accumulation_for("pretrain", cfg, World(0, 0, 3), {"global_batch": 4})
     assert json.dumps({"ok": True})
+
+
+@pytest.mark.slow
+def test_max_restarts_relaunches_after_a_killed_rank_and_finishes(make_preset):
+    """distributed.max_restarts = 1: a rank killed mid-run relaunches the job (a fresh torchrun, resuming from the
+    newest checkpoint through the project's own resume) and the run finishes; the restart is a warning event."""
+    run_dir = create_run(make_preset(
+        stages=["tokenizer", "pretrain"], distributed={"nproc_per_node": 2, "max_restarts": 1},
+        pretrain={"max_steps": 150, "batch_size": 2, "log_interval": 5, "save_interval": 5}))
+    job = _launch(run_dir)
+    wait_until(lambda: any(isinstance(e, CheckpointEvent) for e in iter_events(run_dir / "events.jsonl")),
+               timeout=240, what="a first checkpoint")
+    os.kill(_rank_pids(job.pid)[1], signal.SIGKILL)
+    assert job.wait(timeout=300) == 0, (run_dir / "train.log").read_text()[-3000:]
+    status = read_status(run_dir)
+    assert status["state"] == "finished" and status["restarts"] == 1
+    events = list(iter_events(run_dir / "events.jsonl"))
+    from engine.events import StageStartEvent, WarningEvent
+
+    assert any(isinstance(e, WarningEvent) and "rank 1 was killed" in e.message and "relaunching" in e.message
+               for e in events)
+    assert [e.resumed for e in events if isinstance(e, StageStartEvent) and e.stage == "pretrain"] == [False, True]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_each_with_its_own_run_directory(make_preset, reference_runs):
+    """Two "nodes" (two supervisors on this machine, static rendezvous on a local port, one process each, their
+    own run directories): node 0 writes events, status and checkpoints; node 1 receives the tokenizer over the
+    process group (no shared filesystem needed), writes no checkpoint, and ends `finished`; the training equals
+    one node with two processes and one process with twice the batch."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    runs = []
+    for node in (0, 1):
+        preset = make_preset(
+            name=f"node{node}", stages=["tokenizer", "pretrain", "sft"],
+            distributed={"nproc_per_node": 1, "nnodes": 2, "node_rank": node, "rdzv_endpoint": endpoint},
+            pretrain={"max_steps": 8, "batch_size": 2, "log_interval": 1, "save_interval": 4},
+            sft={"max_steps": 4, "batch_size": 2, "log_interval": 1})
+        runs.append(create_run(preset))
+    jobs = [_launch(run_dir) for run_dir in runs]
+    assert [job.wait(timeout=300) for job in jobs] == [0, 0], (runs[1] / "train.log").read_text()[-3000:]
+    node0, node1 = runs
+    assert read_status(node0)["state"] == "finished" and read_status(node1)["state"] == "finished"
+    assert (node1 / "tokenizer" / "tokenizer.json").read_bytes() == (node0 / "tokenizer" / "tokenizer.json").read_bytes()
+    assert not (node1 / "checkpoints").exists() and not any(iter_events(node1 / "events.jsonl"))
+    _assert_same_training(reference_runs["accumulation 1"], node0, 1e-5)

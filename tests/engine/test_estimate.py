@@ -116,3 +116,19 @@ def test_estimate_command_explains_a_card_that_cannot_run_it():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "fits" in done.stdout and "sft" in done.stdout
+
+
+def test_estimate_per_process_under_ddp_and_fsdp(make_preset):
+    """Guards against a multi-GPU estimate that plans one GPU's memory for the whole model when FSDP shards it,
+    or forgets DDP's gradient buckets, or reports the micro-batch as the global batch."""
+    from engine.hardware.estimate import Target, estimate_stage
+
+    target = Target("cuda", "bfloat16", memory_bytes=80 * 1024**3, peak_tflops=312.0)
+    alone = estimate_stage(make_preset(), "pretrain", target)
+    ddp = estimate_stage(make_preset(distributed={"nproc_per_node": 4}), "pretrain", target)
+    fsdp = estimate_stage(make_preset(distributed={"nproc_per_node": 4, "strategy": "fsdp"}), "pretrain", target)
+    assert ddp.memory.optimizer == alone.memory.optimizer and ddp.memory.gradients == 2 * alone.memory.gradients
+    assert fsdp.memory.optimizer <= alone.memory.optimizer / 4 + 8 and fsdp.memory.peak < ddp.memory.peak
+    cfg = make_preset().pretrain
+    assert (alone.global_batch, ddp.global_batch) == (cfg.batch_size * cfg.accumulation_steps, 4 * cfg.batch_size * cfg.accumulation_steps)
+    assert ddp.tokens_per_s == pytest.approx(4 * alone.tokens_per_s)

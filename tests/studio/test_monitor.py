@@ -144,6 +144,26 @@ def test_memory_panel_shows_gpu_gauges_or_rss() -> None:
     assert "RSS 900 MiB" in console.export_text()
 
 
+def test_memory_panel_shows_one_gauge_per_gpu_of_a_several_process_run() -> None:
+    """Guards against a torchrun job's panel showing rank 0 only: a GPU running out of memory on rank 3 must
+    be visible (red) in its own row; CPU processes show one RSS line each."""
+    from rich.console import Console
+
+    from engine.events import RankMemory
+
+    gpus = [RankMemory(rank=r, mem_alloc_mb=20_000, mem_peak_mb=78_000 if r == 3 else 40_000, mem_total_mb=81_920,
+                       gpu_util_pct=90) for r in range(4)]
+    console = Console(width=70, record=True)
+    console.print(memory_renderable(StepEvent(**step_fields("pretrain", 5, 10, 2.0, rss_mb=None, world_size=4,
+                                                            ranks=gpus, mem_total_mb=81_920))))
+    text = console.export_text()
+    assert all(f"gpu {r}" in text for r in range(4)) and "76.2 GiB/80.0 GiB" in text and text.count("39.1 GiB") == 3
+    cpus = [RankMemory(rank=r, rss_mb=500 + r) for r in range(2)]
+    console.print(memory_renderable(StepEvent(**step_fields("pretrain", 5, 10, 2.0, rss_mb=500, world_size=2, ranks=cpus))))
+    text = console.export_text()
+    assert "rank 1" in text and "501 MiB" in text
+
+
 def test_the_monitor_shows_a_token_cache_build_before_the_first_step(tmp_path: Path) -> None:
     """Guards the minutes a 10 GB file spends tokenizing: the stage row must show the data build (MB done of
     the file, ETA) instead of an idle 0/0 bar, and give way to the step bar at stage_start."""
