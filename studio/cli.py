@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +25,7 @@ err_console = Console(stderr=True)
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.config import load_preset
+    from engine.errors import PresetError
     from engine.runs.pipeline import preflight
     from engine.runs.run_dir import create_run, latest_run_of
 
@@ -32,6 +34,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f'stages=["{args.stage}"]')
     preset = load_preset(args.preset, overrides)
     preflight(preset, str(args.preset))
+    if args.resume and world_overrides(args):
+        raise PresetError("run --resume continues a run as it was frozen; to resume it on another number of "
+                          "processes use: minimind-studio resume RUN --nproc-per-node N")
     if args.resume:
         run_dir = latest_run_of(preset.name, preset.out_dir)
         if run_dir is None:
@@ -42,8 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _execute(run_dir, resume=args.resume, detach=args.detach)
 
 
-def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
-    """Run (or resume) a prepared run directory, detached or in the foreground with a progress display."""
+def _execute(run_dir: Path, resume: bool, detach: bool, prepare: Callable[[], None] | None = None) -> int:
+    """Run (or resume) a prepared run directory, detached or in the foreground with a progress display.
+    `prepare` runs once a resume has reserved the run (nothing else can start it meanwhile)."""
     from engine.events import plain_log_listener
     from engine.runs.manage import reserve_start
     from engine.runs.run_dir import launch_detached
@@ -51,6 +57,8 @@ def _execute(run_dir: Path, resume: bool, detach: bool) -> int:
     verb = "resuming" if resume else "run"
     if resume:  # refuse now, in the user's terminal (before importing torch), a run that is live or being started
         reserve_start(run_dir)
+    if prepare is not None:
+        prepare()
     if detach:
         pid = launch_detached(run_dir, resume=resume)
         console.print(f"{verb} [bold]{run_dir.name}[/] detached (pid {pid}); output in {run_dir / 'train.log'}")
@@ -110,18 +118,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from engine.runs.run_dir import find_run
 
     run_dir = find_run(args.run, args.out_dir)
-    if world_overrides(args):
-        from engine.config import load_preset, save_preset
-        from engine.runs.launch import keep_global_batch
+    if not world_overrides(args):
+        return _execute(run_dir, resume=True, detach=args.detach)
+    from engine.config import load_preset, save_preset
+    from engine.runs.launch import keep_global_batch
 
-        # Resuming on another number of processes or nodes: the frozen preset says how the run goes on, with
-        # the accumulation that keeps each step's global batch (what the optimizer was tuned for).
-        frozen = load_preset(run_dir / "preset.toml")
-        preset, notes = keep_global_batch(frozen, load_preset(run_dir / "preset.toml", world_overrides(args)))
+    # Resuming on another number of processes or nodes: the frozen preset says how the run goes on, with the
+    # accumulation that keeps each step's global batch. Checked now; written once the run is reserved.
+    frozen = load_preset(run_dir / "preset.toml")
+    preset, notes = keep_global_batch(frozen, load_preset(run_dir / "preset.toml", world_overrides(args)))
+
+    def change_world() -> None:
         for note in notes:
             console.print(note, highlight=False, markup=False)
         save_preset(preset, run_dir / "preset.toml")
-    return _execute(run_dir, resume=True, detach=args.detach)
+
+    return _execute(run_dir, resume=True, detach=args.detach, prepare=change_world)
 
 
 def world_overrides(args: argparse.Namespace) -> list[str]:

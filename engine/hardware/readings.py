@@ -27,12 +27,22 @@ def nvml_snapshot(device: torch.device) -> dict[str, float]:
     if nvml is None:
         return {}
     try:
-        handle = nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        handle = _nvml_handle(nvml, device)
         util = nvml.nvmlDeviceGetUtilizationRates(handle)
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         return {"gpu_util_pct": float(util.gpu), "mem_total_mb": memory.total / (1024 * 1024)}
     except Exception:  # noqa: BLE001
         return {}
+
+
+def _nvml_handle(nvml: Any, device: torch.device) -> Any:
+    """NVML's handle for a torch CUDA device. NVML numbers GPUs its own way (it ignores CUDA_VISIBLE_DEVICES and
+    CUDA's ordering), so under torchrun rank N's cuda:N is found by its UUID; the index is the fallback."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception:  # noqa: BLE001 - an older torch or driver: the index, right whenever nothing is remapped
+        return nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
 
 
 def memory_snapshot(device: torch.device) -> dict[str, float]:

@@ -31,7 +31,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,7 +78,7 @@ def keep_global_batch(old: Preset, new: Preset) -> tuple[Preset, list[str]]:
     return new.model_copy(update=updates), notes
 
 
-def torchrun_command(run_dir: Path, preset: Preset, *, resume: bool, log_dir: Path) -> list[str]:
+def torchrun_command(run_dir: Path, preset: Preset, *, resume: bool, log_dir: Path, attempt: int = 0) -> list[str]:
     """The torchrun command line for this node."""
     d: DistributedConfig = preset.distributed
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={resolve_nproc(d.nproc_per_node)}",
@@ -88,7 +90,7 @@ def torchrun_command(run_dir: Path, preset: Preset, *, resume: bool, log_dir: Pa
         command += [f"--nnodes={d.nnodes}", f"--node-rank={d.node_rank}", f"--master-addr={host}", f"--master-port={port}"]
     else:
         command += [f"--nnodes={d.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={d.rdzv_endpoint}",
-                    f"--rdzv-id=minimind-{preset.name}"]
+                    f"--rdzv-id=minimind-{preset.name}-{attempt}"]
     command += ["-m", "engine.runs.ranks", str(run_dir)] + (["--resume"] if resume else [])
     return command
 
@@ -103,23 +105,35 @@ def worker_env(preset: Preset) -> dict[str, str]:
     return env
 
 
-def root_cause(log_dir: Path) -> str | None:
-    """The first failure torchrun recorded for this attempt: 'rank N: <ExceptionType>: message', or for a rank
-    killed by a signal 'rank N was killed by SIGKILL'. None when no rank failed."""
-    failures: list[tuple[float, str]] = []
+# What a surviving rank says when a peer died: an echo of the failure, never its cause.
+ECHOES = ("DistBackendError", "DistNetworkError", "Connection closed by peer", "Connection reset by peer",
+          "Broken pipe", "NCCL communicator was aborted")
+
+
+@dataclass
+class RankFailure:
+    rank: int  # global rank
+    message: str  # the last line of the rank's exception ("TypeError: ...")
+    echo: bool  # a peer's death seen from here
+    at_ns: int  # when the error file was written
+
+
+def rank_failures(log_dir: Path, node_rank: int, nproc: int) -> list[RankFailure]:
+    """The error files torchrun's workers wrote (@record), root cause first: a rank's own error before the
+    survivors' echoes of it, then the earliest. torchrun's layout: <log_dir>/<id>/attempt_<n>/<local rank>/error.json."""
+    failures = []
     for error_file in log_dir.rglob("error.json"):
         try:
             payload = json.loads(error_file.read_text(encoding="utf-8"))
+            local_rank = int(error_file.parent.name)
         except (OSError, ValueError):
             continue
         message = payload.get("message", {})
-        text = message.get("message", "") if isinstance(message, dict) else str(message)
-        stamp = float((message.get("extraInfo", {}) if isinstance(message, dict) else {}).get("timestamp", 0) or 0)
-        rank = _rank_of(error_file)
-        failures.append((stamp, f"rank {rank}: {text.strip().splitlines()[-1] if text.strip() else 'failed'}"))
-    if failures:
-        return sorted(failures)[0][1]
-    return None
+        text = (message.get("message", "") if isinstance(message, dict) else str(message)).strip()
+        last = text.splitlines()[-1] if text else "failed"
+        failures.append(RankFailure(node_rank * nproc + local_rank, last, any(e in text for e in ECHOES),
+                                    error_file.stat().st_mtime_ns))
+    return sorted(failures, key=lambda f: (f.echo, f.at_ns))
 
 
 def killed_rank(agent_output: str) -> str | None:
@@ -131,11 +145,6 @@ def killed_rank(agent_output: str) -> str | None:
     if rank and signal_line:
         return f"rank {rank.group(1)} was killed by {signal_line.group(1)}"
     return None
-
-
-def _rank_of(error_file: Path) -> str:
-    # torchrun's layout: <log_dir>/<run id>/attempt_<n>/<local rank>/error.json
-    return error_file.parent.name
 
 
 class Supervisor:
@@ -151,45 +160,55 @@ class Supervisor:
 
     @property
     def writes_run_dir(self) -> bool:
-        """Node 0 holds global rank 0, which writes events, status and checkpoints (static rendezvous)."""
-        return self.preset.distributed.node_rank == 0
+        """Whether rank 0 runs on this node (it writes events, status and checkpoints here): node 0 under static
+        rendezvous; under c10d, the node whose rank 0 created events.jsonl."""
+        if self.preset.distributed.rdzv_backend == "static" or self.preset.distributed.nnodes == 1:
+            return self.preset.distributed.node_rank == 0
+        return (self.run_dir / "events.jsonl").exists()
 
     def run(self, resume: bool) -> RunState:
         d = self.preset.distributed
         with RunLock(self.run_dir), Heartbeat(self.run_dir), self._handling_signals():
-            claim_status(self.run_dir, state=RunState.RUNNING, exit_reason=None, world_size=world_size(self.preset),
-                         strategy=d.strategy, node_rank=d.node_rank)
+            # The pid is the supervisor's (it outlives any rank); the state stays as it is (queued) until rank 0
+            # starts, so a stop given while the job starts up is kept for rank 0 to obey (engine/runs/manage.py).
+            claim_status(self.run_dir, exit_reason=None, world_size=world_size(self.preset), strategy=d.strategy,
+                         node_rank=d.node_rank)
+            if d.node_rank > 0:  # no rank here writes this node's status while it trains: say it runs
+                write_status(self.run_dir, state=RunState.RUNNING)
             attempt = 0
             while True:
                 log_dir = self.run_dir / "torchrun" / f"attempt_{attempt}"
-                returncode = self._torchrun(resume or attempt > 0, log_dir)
+                returncode = self._torchrun(resume or attempt > 0, log_dir, attempt)
                 state = RunState.parse(read_status(self.run_dir).get("state"))
-                if returncode == 0 and state in (RunState.FINISHED, RunState.STOPPED):
+                if state in (RunState.FINISHED, RunState.STOPPED):
+                    # Rank 0 (or this node's first process) said how the run ended; torchrun's exit status is
+                    # not trusted (1 after a clean stop, and ranks can abort while exiting).
                     return state
-                if returncode == 0 and not self.writes_run_dir:
-                    write_status(self.run_dir, state=RunState.FINISHED, exit_reason="this node's ranks are done")
-                    return RunState.FINISHED
-                if state == RunState.STOPPED or (self.stopping and returncode == 0):
+                if self.stopping and returncode == 0:
+                    write_status(self.run_dir, state=RunState.STOPPED, exit_reason=f"stop requested ({self.stopping})")
                     return RunState.STOPPED
                 cause = self._cause(log_dir, returncode, state)
                 if attempt < d.max_restarts and not self.stopping:
                     attempt += 1
-                    self._event(WarningEvent(message=f"{cause}; relaunching ({attempt} of {d.max_restarts} restarts), "
+                    self._event(WarningEvent(message=f"{cause.text}; relaunching ({attempt} of {d.max_restarts} restarts), "
                                                      "resuming from the newest checkpoint"))
-                    write_status(self.run_dir, state=RunState.RUNNING, exit_reason=None, restarts=attempt)
+                    write_status(self.run_dir, state=RunState.QUEUED, exit_reason=None, restarts=attempt)
                     continue
-                message = f"the job failed: {cause}. The last checkpoint is kept; continue with: minimind-studio resume {self.run_dir.name}"
+                if cause.own:  # rank 0's own paragraph is already the run's exit_reason and error event
+                    return RunState.FAILED
+                message = (f"the job failed: {cause.text}. The last checkpoint is kept; continue with: "
+                           f"minimind-studio resume {self.run_dir.name}")
                 self._event(ErrorEvent(message=message, error_type="WorkerFailure"))
                 write_status(self.run_dir, state=RunState.FAILED, exit_reason=message)
                 return RunState.FAILED
 
-    def _torchrun(self, resume: bool, log_dir: Path) -> int:
+    def _torchrun(self, resume: bool, log_dir: Path, attempt: int) -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
-        command = torchrun_command(self.run_dir, self.preset, resume=resume, log_dir=log_dir)
+        command = torchrun_command(self.run_dir, self.preset, resume=resume, log_dir=log_dir, attempt=attempt)
         out = self.output if self.output is not None else sys.stdout
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         env=worker_env(self.preset), start_new_session=True, cwd=os.getcwd(),
-                                        text=True, errors="replace", bufsize=1)
+                                        text=True, errors="replace", bufsize=1, preexec_fn=_end_with_parent)
         self.agent_tail = []
         try:
             assert self.process.stdout is not None
@@ -201,17 +220,24 @@ class Supervisor:
         finally:
             self.process = None
 
-    def _cause(self, log_dir: Path, returncode: int, state: RunState) -> str:
-        """The root cause of a failed attempt: a rank's own error first, then what rank 0 recorded, then the
-        exit status (a rank killed by a signal leaves no error file)."""
-        found = killed_rank("".join(self.agent_tail)) or root_cause(log_dir)
-        if found:
-            return found
+    def _cause(self, log_dir: Path, returncode: int, state: RunState) -> Cause:
+        """The root cause of a failed attempt: a rank killed by a signal (it leaves no error file), else the first
+        rank's own exception (not a survivor's echo of it), else what rank 0 recorded, else the exit status."""
+        killed = killed_rank("".join(self.agent_tail))
+        if killed:
+            return Cause(killed)
+        d = self.preset.distributed
+        failures = rank_failures(log_dir, d.node_rank, resolve_nproc(d.nproc_per_node))
         status = read_status(self.run_dir)
-        if state == RunState.FAILED and status.get("exit_reason"):
-            return str(status["exit_reason"])
-        return (f"a worker process ended without an error report (torchrun exit status {returncode}; a rank was "
-                "probably killed, e.g. by SIGKILL or the out-of-memory killer)")
+        recorded = status.get("exit_reason") if state == RunState.FAILED else None
+        if failures and not failures[0].echo and failures[0].rank != 0:
+            return Cause(f"rank {failures[0].rank} failed: {failures[0].message}")
+        if recorded:  # rank 0 failed on its own and wrote its paragraph (a full disk, bad data ...)
+            return Cause(str(recorded), own=True)
+        if failures:
+            return Cause(f"rank {failures[0].rank} failed: {failures[0].message}")
+        return Cause(f"a worker process ended without an error report (torchrun exit status {returncode}; a rank "
+                     "was probably killed, e.g. by SIGKILL or the out-of-memory killer)")
 
     def _event(self, event: Any) -> None:
         if not self.writes_run_dir:
@@ -222,35 +248,43 @@ class Supervisor:
         finally:
             log.close()
 
-    def _handling_signals(self) -> Any:
-        supervisor = self
-
-        class _Signals:
-            def __enter__(self) -> None:
-                if threading.current_thread() is not threading.main_thread():
-                    self.previous: dict[int, Any] = {}
-                    return
-                self.previous = {sig: signal.signal(sig, supervisor._on_signal)
-                                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-
-            def __exit__(self, *exc: Any) -> None:
-                for sig, old in self.previous.items():
-                    signal.signal(sig, old)
-
-        return _Signals()
+    @contextmanager
+    def _handling_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        """A stop for the whole job: rank 0 reads control/stop, every rank ends after the same step. A second
-        Ctrl-C ends the workers now (torchrun tears them down)."""
-        name = signal.Signals(signum).name
+        """A stop for the whole job: control/stop, which every rank reads in its own node's run directory and
+        votes on, so all end after the same step. A second Ctrl-C ends the job now (torchrun tears it down)."""
         if self.stopping and signum == signal.SIGINT and self.process is not None:
             os.killpg(self.process.pid, signal.SIGTERM)
             return
-        self.stopping = name
-        if self.writes_run_dir:
-            request_stop(self.run_dir)
-        elif self.process is not None:  # another node: its ranks take the signal and vote to stop
-            os.killpg(self.process.pid, signal.SIGTERM)
+        self.stopping = signal.Signals(signum).name
+        request_stop(self.run_dir)
+
+
+@dataclass
+class Cause:
+    text: str
+    own: bool = False  # rank 0's own failure, already recorded in the run directory
+
+
+def _end_with_parent() -> None:
+    """In torchrun's process, before it starts: die with the supervisor (a SIGKILLed supervisor releases the run
+    lock, and a job left running would then train beside a resumed one). Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def follow_events(run_dir: Path, listeners: list[Callable[[Any], None]], done: threading.Event) -> threading.Thread:

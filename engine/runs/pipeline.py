@@ -322,6 +322,9 @@ def _follow(run_dir: Path, preset: Preset, resume: bool, stages: list[StageName]
             if outcome.state == RunState.STOPPED:
                 result.state = RunState.STOPPED
                 break
+    if world.is_local_main and not (run_dir / "events.jsonl").exists():
+        # Another node's run directory (rank 0 writes elsewhere): its supervisor reads how its ranks ended here.
+        write_status(run_dir, state=result.state, exit_reason="this node's processes are done")
     return result
 
 

@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     preset = load_preset(run_dir / "preset.toml")
     device_type = resolve_precision(preset.runtime.device, preset.runtime.dtype).device.type
     world = World.from_env(device_type, preset.distributed.strategy, preset.distributed.timeout_s)
-    try:
-        listeners = [plain_log_listener(sys.stdout)] if world.is_main else []
-        result = run_rank(run_dir, preset, resume=args.resume, listeners=listeners, world=world)
-    finally:
-        world.close()
+    listeners = [plain_log_listener(sys.stdout)] if world.is_main else []
+    # A failing rank leaves the group as it dies: closing it first would make the others' errors ("connection
+    # closed by peer") look older than this rank's own, which @record is about to write.
+    result = run_rank(run_dir, preset, resume=args.resume, listeners=listeners, world=world)
+    world.close()
     if world.is_main:
         print(f"run {result.state}", flush=True)
     return 0

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,9 +97,24 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+@contextmanager
+def _status_update(run_dir: Path) -> Iterator[None]:
+    """One read-modify-replace of status.json at a time, across threads and processes: a run of several
+    processes has its supervisor's heartbeat and rank 0 writing it, and a heartbeat that read the file just
+    before rank 0 wrote `finished` must not put the old state back. An flock on a sidecar file that is never
+    written to (so it needs no space on a full disk once it exists)."""
+    with _status_lock:
+        fd = os.open(run_dir / ".status.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+
 def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into status.json (atomic replace) and stamp the heartbeat."""
-    with _status_lock:
+    with _status_update(run_dir):
         status = read_status(run_dir)
         if not status:
             status = {"run_id": run_dir.name, "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}

@@ -49,7 +49,9 @@ class Checkpointer:
         model_state = optimizer_state = None
         rng: dict[str, torch.Tensor] = {}
         if found is not None:
-            names = [name for name, _ in self.model.named_parameters()]
+            # Older checkpoints count parameters in the optimizer's order (matrices first, then vectors).
+            name_of = {id(param): name for name, param in self.model.named_parameters()}
+            names = [name_of[id(param)] for group in self.optimizer.param_groups for param in group["params"]]
             model_state = read_model_tensors(found.path, self.model)
             optimizer_state, rng = read_trainer_state(found, names)
         load_training_state(self.wrapped, self.optimizer, model_state, optimizer_state, from_rank0=self.world.distributed)

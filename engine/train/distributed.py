@@ -23,13 +23,17 @@ import datetime
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 
 Strategy = Literal["ddp", "fsdp"]
+
+# The host-side group's patience: rank 0 alone may train a tokenizer, build a token cache of a 10 GB file
+# or score held-out questions while the others wait in it; a dead rank ends the job through torchrun.
+HOST_WAIT = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class World:
     local_rank: int = 0
     size: int = 1
     strategy: Strategy = "ddp"
+    # gloo, on the CPU, for the loop's own small collectives (counts, stop votes, objects, barriers): they
+    # never wait on a GPU stream, and their timeout is not the training collectives' timeout_s.
+    host_group: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def single(cls) -> World:
@@ -69,7 +76,7 @@ class World:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(rank, local_rank, size, strategy)
+        return cls(rank, local_rank, size, strategy, dist.new_group(backend="gloo", timeout=HOST_WAIT))
 
     def device_for(self, device: torch.device) -> torch.device:
         """The device this rank trains on: its own GPU (cuda:LOCAL_RANK), or the CPU."""
@@ -91,8 +98,11 @@ class World:
                 # broadcast_buffers is deprecated for forward_sync_buffers, which still syncs at init; the
                 # rotary tables are rank-local by design, so the old switch is the one that says so.
                 warnings.simplefilter("ignore", FutureWarning)
+                # A mixture-of-experts layer skips an expert that no token chose, leaving its weights unused
+                # in that step: DDP must look for such parameters or it stops at the next step.
                 return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                               broadcast_buffers=False)
+                                               broadcast_buffers=False,
+                                               find_unused_parameters=bool(getattr(model.config, "use_moe", False)))
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
@@ -127,25 +137,20 @@ class World:
     # ----------------------------------------------------------------------------------------
     # Collectives (all no-ops for one process)
 
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        """Element-wise sum over ranks of a few numbers (one small all-reduce)."""
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks of a few numbers (one small all-reduce on the host)."""
         if not self.distributed:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor, group=self.host_group)
         return tensor.tolist()
-
-    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            dist.all_reduce(tensor)
-        return tensor
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order (on every rank)."""
         if not self.distributed:
             return [value]
         out: list[Any] = [None] * self.size
-        dist.all_gather_object(out, value)
+        dist.all_gather_object(out, value, group=self.host_group)
         return out
 
     def broadcast(self, value: Any) -> Any:
@@ -153,12 +158,12 @@ class World:
         if not self.distributed:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.host_group)
         return box[0]
 
     def barrier(self) -> None:
         if self.distributed:
-            dist.barrier()
+            dist.barrier(group=self.host_group)
 
     def close(self) -> None:
         """Leave the process group (ranks that exit without it intermittently abort at exit)."""

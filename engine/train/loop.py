@@ -51,7 +51,7 @@ from engine.train.compile_policy import EAGER_CPU_MFU, Mode, decide
 from engine.train.distributed import World
 from engine.train.evaluation import emit_sample, evaluate
 from engine.train.stage_data import batch_stream, make_blocks
-from engine.train.step import StepOutput, build_step, collective_device, lr_at, train_step
+from engine.train.step import StepOutput, build_step, lr_at, train_step
 
 # How a stage ends when it returns (a failure raises); the pipeline turns it into the run's RunState.
 StageOutcome = Literal["finished", "stopped"]
@@ -111,7 +111,7 @@ class LogWindow:
     def close(self, world: World) -> tuple[float | None, int, float]:
         """(mean loss, steps, seconds) of the window, and start the next one. Each rank holds its share of
         every step's loss (engine/train/step.py), so the world's sum is the loss."""
-        loss = world.sum([self.loss.item()], collective_device(self.loss.device))[0]
+        loss = world.sum([self.loss.item()])[0]
         mean = loss / self.loss_steps if self.loss_steps else None
         steps, seconds = self.steps, time.perf_counter() - self.started
         self.loss.zero_()

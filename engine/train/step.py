@@ -136,7 +136,7 @@ def train_step(setup: StepSetup, batches: Iterator[Batch], lr: float, *, want_gr
         group["lr"] = lr
     micro = [next(batches) for _ in range(setup.accumulation)]
     local_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro)
-    step_tokens, votes = world.sum([float(local_tokens), float(stop_vote)], collective_device(precision.device))
+    step_tokens, votes = world.sum([float(local_tokens), float(stop_vote)])
     loss_tokens = torch.tensor(max(step_tokens, 1.0), dtype=torch.float32, device=precision.device)
     # DDP and FSDP average gradients over ranks; the pieces are already global shares, so scale back up.
     grad_scale = float(world.size)
@@ -175,11 +175,6 @@ def train_step(setup: StepSetup, batches: Iterator[Batch], lr: float, *, want_gr
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepOutput(total, grad_norm, stop=stop)
-
-
-def collective_device(device: torch.device) -> torch.device:
-    """Where small all-reduce tensors live: the GPU for nccl, the CPU for gloo."""
-    return device if device.type == "cuda" else torch.device("cpu")
 
 
 def full_value(tensor: torch.Tensor) -> torch.Tensor:

@@ -122,3 +122,45 @@ def test_a_model_folder_that_asks_for_remote_code_is_refused(tmp_path: Path) -> 
         "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}}))
     with pytest.raises(CheckpointError, match="auto_map"):
         resolve_checkpoint(str(folder))
+
+
+def test_a_checkpoint_with_optimizer_state_counted_by_position_still_resumes_exactly(make_preset) -> None:
+    """Guards the checkpoints written before the optimizer state was keyed by parameter name (it counted
+    parameters in the optimizer's order: matrices first, then vectors): resuming one must restore every
+    moment onto its own parameter, so the run ends exactly as when resumed from the same checkpoint in the
+    current format."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from engine.config import load_preset
+    from engine.model.transformer import CausalLM
+    from engine.train.step import build_optimizer
+
+    runs = [stopped_run(make_preset) for _ in range(2)]
+    old = runs[0] / "checkpoints" / "pretrain" / "step_000005"
+    preset = load_preset(runs[0] / "preset.toml")
+    model = CausalLM(preset.model)
+    order = [{id(p): n for n, p in model.named_parameters()}[id(p)]
+             for group in build_optimizer(model, preset.pretrain, torch.device("cpu")).param_groups for p in group["params"]]
+    assert order != [n for n, _ in model.named_parameters()]  # the two orders differ: the test can tell them apart
+    tensors = load_file(str(old / "trainer.safetensors"))
+    state = json.loads((old / "state.json").read_text())
+    by_position = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            name, slot = key[len("optim."):].rsplit(".", 1)
+            key = f"optim.{order.index(name)}.{slot}"
+        by_position[key] = value
+    save_file(by_position, str(old / "trainer.safetensors"))
+    meta = state["optimizer"]
+    meta.pop("keyed_by")
+    meta["param_groups"] = [{**g, "params": [order.index(n) for n in g["params"]]} for g in meta["param_groups"]]
+    state.pop("files")  # an old checkpoint has no record of its files either
+    (old / "state.json").write_text(json.dumps(state))
+    for run_dir in runs:
+        assert run_pipeline(run_dir, resume=True).state == "finished"
+    final = [load_file(str(r / "checkpoints" / "pretrain" / "latest" / "model.safetensors")) for r in runs]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    shutil.rmtree(runs[1])

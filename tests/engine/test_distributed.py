@@ -304,3 +304,21 @@ def test_two_nodes_each_with_its_own_run_directory(make_preset, reference_runs):
     assert (node1 / "tokenizer" / "tokenizer.json").read_bytes() == (node0 / "tokenizer" / "tokenizer.json").read_bytes()
     assert not (node1 / "checkpoints").exists() and not any(iter_events(node1 / "events.jsonl"))
     _assert_same_training(reference_runs["accumulation 1"], node0, 1e-5)
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_is_named_with_its_own_error_not_rank_0s_echo(make_preset, tmp_path):
+    """Rank 1 raising inside a training step (what an out-of-memory or a bug does): the job ends `failed` and
+    exit_reason names rank 1 and its exception, not rank 0's "connection closed by peer" that follows it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    shutil.copy(PROJECT_ROOT / "tests" / "support" / "fail_on_rank.py", hook / "sitecustomize.py")
+    run_dir = create_run(_preset(make_preset, 2, batch=2, steps=50))
+    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{PROJECT_ROOT}", "OMP_NUM_THREADS": "1",
+           "FAIL_RANK": "1", "FAIL_STEP": "3"}
+    with open(run_dir / "train.log", "ab") as log:
+        job = subprocess.Popen([sys.executable, "-m", "engine", str(run_dir)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    assert job.wait(timeout=240) == 1
+    status = read_status(run_dir)
+    assert status["state"] == "failed"
+    assert "rank 1 failed: RuntimeError: injected failure on rank 1" in status["exit_reason"], status["exit_reason"]
