@@ -74,7 +74,8 @@ async def test_delete_shows_a_refusal_as_a_paragraph_and_a_failure_as_a_bug(
         await delete_current(pilot, before_yes=lambda: go_live(old))
         modal = app.screen
         assert isinstance(modal, ErrorModal) and modal.title_text == "delete failed"
-        assert modal.message == f"{old.name} is running again; stop it before deleting"
+        assert modal.message == (f"run {old.name} is running (pid {os.getpid()}); stop it first with: "
+                                 f"minimind-studio stop {old.name}")
         assert not modal.traceback and not modal.query(Collapsible) and old.exists()
         await pilot.press("escape")
 
