@@ -19,7 +19,6 @@ from studio.errors import BUG_NOTE, shown_error
 from studio.screens.confirm_modal import ConfirmModal
 from studio.screens.error_modal import ErrorModal
 from studio.screens.launch_modal import LaunchModal
-from studio.widgets.runs import runs_pane
 from studio.widgets.runs.runs_pane import RunsPane
 from tests.support.fake_runs import make_run
 from tests.support.wait import ready, settle, until
@@ -82,10 +81,13 @@ async def test_delete_shows_a_refusal_as_a_paragraph_and_a_failure_as_a_bug(
         write_status(old, state="failed")
         await until(pilot, lambda: not pane.rows[str(old)].live, what="the run to read as failed again")
 
-        def boom(path: Path) -> None:
+        def boom(src: Path, dst: Path) -> None:
             raise RuntimeError("injected: the disk went away")
 
-        monkeypatch.setattr(runs_pane, "shutil", SimpleNamespace(rmtree=boom))
+        from engine.runs import manage
+
+        # The delete's first change on disk (the rename out of sight) fails: nothing is lost, the run stays.
+        monkeypatch.setattr(manage, "os", SimpleNamespace(rename=boom, getpid=os.getpid))
         await delete_current(pilot)
         modal = app.screen
         assert isinstance(modal, ErrorModal)
