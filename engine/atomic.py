@@ -104,3 +104,15 @@ def publish_dir(tmp: Path, final: Path, *, keep_existing: bool = False) -> bool:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return True
+
+
+def remove_dead_temporaries(folder: Path, pattern: str) -> None:
+    """Delete the folders in `folder` matching `pattern` whose names end in `-<pid>` of a process that is gone:
+    what a build killed half-way left behind (a token cache's can be gigabytes). A live process's is kept."""
+    for path in Path(folder).glob(pattern):
+        try:
+            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass

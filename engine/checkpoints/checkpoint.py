@@ -8,8 +8,10 @@ Layout of one checkpoint (a directory):
     tokenizer/             the tokenizer the weights were trained with
 
 A checkpoint is built in a hidden temporary directory, flushed to disk, then renamed into place; only
-then does the stage's `latest` symlink move to it. So `latest` always names a complete checkpoint, and
-kill -9 at any moment leaves at worst an orphaned temporary directory that the next save removes.
+then does the stage's `latest` symlink move to it. An old checkpoint is pruned the other way round:
+renamed out of sight first, then deleted. So `latest` always names a complete checkpoint, every visible
+`step_*` folder is one, and kill -9 at any moment leaves at worst a hidden `.step_*` folder (being built,
+replaced or pruned), which the next save or resume removes.
 """
 
 from __future__ import annotations
@@ -168,8 +170,20 @@ def save_checkpoint(
 
 
 def _remove_stale_temporaries(stage_dir: Path) -> None:
-    for leftover in stage_dir.glob(".step_*.tmp-*"):
+    """Hidden folders left by a killed save: .step_*.tmp-* (being written), .old-* (replaced), .pruned-*."""
+    for leftover in stage_dir.glob(".step_*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def tidy_after_kill(stage_dir: Path) -> None:
+    """Put right what a save killed half-way left, before the run resumes (the process holding the run only):
+    the hidden folders are removed, and a stage whose first checkpoint was published but whose `latest` was
+    never made gets it, pointing at its newest complete checkpoint. Else the killed save may have been the
+    stage's last, and the finished stage would have no `latest`."""
+    _remove_stale_temporaries(stage_dir)
+    link, done = stage_dir / "latest", list_checkpoints(stage_dir)
+    if done and not link.exists():  # missing, or naming a folder that is gone
+        point_symlink(link, done[-1].name)
 
 
 def list_checkpoints(stage_dir: Path) -> list[Path]:
@@ -183,7 +197,14 @@ def prune_checkpoints(stage_dir: Path, keep: int) -> None:
     latest = (stage_dir / "latest").resolve()
     for old in list_checkpoints(stage_dir)[:-keep]:
         if old.resolve() != latest:
-            shutil.rmtree(old, ignore_errors=True)
+            # Out of sight in one rename first: a kill during the delete must not leave a visible step_* folder
+            # with some of its files gone (a damaged checkpoint in every listing, or one no save ever removes).
+            doomed = old.with_name(f".{old.name}.pruned-{os.getpid()}")
+            try:
+                os.rename(old, doomed)
+            except OSError:
+                continue  # kept whole; the next save tries again
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 def read_checkpoint(path: Path) -> Checkpoint:

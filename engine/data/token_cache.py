@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from engine.atomic import publish_dir, write_json_atomic
+from engine.atomic import publish_dir, remove_dead_temporaries, write_json_atomic
 from engine.data.jsonl import Kind, check_data_file, skip_hint
 from engine.disk_full import writing
 from engine.errors import DataError
@@ -161,7 +161,7 @@ def _build(data_path: Path, tokenizer_dir: Path, kind: Kind, cache_dir: Path, ke
     final = cache_dir / key
     started = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_dir)
-    _remove_stale_tmp(cache_dir, key)
+    remove_dead_temporaries(cache_dir, f".tmp-{key}-*")  # half-built by processes that died
     tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -199,14 +199,3 @@ def _build(data_path: Path, tokenizer_dir: Path, kind: Kind, cache_dir: Path, ke
     # engine on a shared cache folder): a cache published meanwhile is as good as ours.
     publish_dir(tmp, final, keep_existing=True)
     return TokenCache(final, from_cache=False)
-
-
-def _remove_stale_tmp(cache_dir: Path, key: str) -> None:
-    """Delete half-built folders of this key left by processes that died (they can be gigabytes)."""
-    for path in cache_dir.glob(f".tmp-{key}-*"):
-        try:
-            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass

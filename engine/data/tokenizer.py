@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from engine.atomic import publish_dir, write_json_atomic, write_text_atomic
+from engine.atomic import publish_dir, remove_dead_temporaries, write_json_atomic, write_text_atomic
 from engine.data.jsonl import ReadStats, iter_jsonl
 from engine.data.sft_mask import tokenizer_render
 from engine.data.tokenizer_files import TOKENIZER_FILES, copy_tokenizer
@@ -155,6 +155,7 @@ def _measure(tokenizer: Any, path: Path, start_line: int | None, report: Tokeniz
 
 def _fresh_tmp(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.tmp-*")  # left by a process killed while saving
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

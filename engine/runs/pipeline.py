@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.atomic import publish_dir, write_json_atomic
-from engine.checkpoints.checkpoint import Checkpoint, latest_checkpoint
+from engine.checkpoints.checkpoint import Checkpoint, latest_checkpoint, tidy_after_kill
 from engine.checkpoints.lookup import check_architecture, newest_matching_checkpoint, resolve_checkpoint
 from engine.config import Preset, StageName, load_preset, resolve_path
 from engine.data.tokenizer_files import copy_tokenizer
@@ -244,6 +244,9 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
         # The stop that ended the last session is spent (engine.runs.manage.reserve_start spent it already for a
         # queued run: a stop found now was given while this process started, and is obeyed).
         (run_dir / "control" / "stop").unlink(missing_ok=True)
+    if resume:  # what a killed save left (it may have been the stage's last save): nothing waits for the next one
+        for stage_dir in (run_dir / "checkpoints").glob("*"):
+            tidy_after_kill(stage_dir)
     # Under torchrun the supervisor (engine/runs/launch.py) has claimed the run: its pid outlives a rank's.
     (write_status if world.distributed else claim_status)(run_dir, state=RunState.RUNNING, exit_reason=None,
                                                           resumed=resume, stages_done=sorted(done))

@@ -8,5 +8,7 @@
 - held_chat:  the terminal chat with its first reply held inside generation, for the Ctrl-C test
 - runs_cli:   the CLI as real processes (several at once), a stopped run to resume, a run's engine processes
 - cache_builder: a token-cache build in a process of its own that can stall mid-build, for the cache lock tests
+- kill_points: a run driver parked at one chosen point (inside tokenizer training, a cache build, a step, an
+               eval or a checkpoint write) until it is SIGKILLed, for the kill-anywhere test
 - full_disk:  a run on a small real tmpfs that fills up right before one chosen write, then resumed, for the disk-full tests
 """
