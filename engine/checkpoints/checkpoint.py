@@ -282,7 +282,7 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
 
 
 def read_trainer_state(ckpt: Checkpoint, names: list[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The checkpoint's optimizer state, name-keyed (what `World.load_full_state` takes), and its RNG tensors.
+    """The checkpoint's optimizer state, name-keyed (what `load_training_state` takes), and its RNG tensors.
 
     `names`: the model's parameter names in the optimizer's order, to read checkpoints written before the
     state was keyed by name (their slots and param groups count parameters by position)."""
