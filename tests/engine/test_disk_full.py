@@ -107,6 +107,7 @@ def assert_checkpoints_intact(run_dir: Path) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("site", list(SITES))
 def test_a_full_disk_fails_the_run_cleanly_and_resume_finishes_it(
         site: str, small_fs_mode: str, uninterrupted: dict[str, torch.Tensor], corpus: tuple[Path, Path],

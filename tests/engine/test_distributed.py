@@ -101,6 +101,7 @@ def test_two_ranks_reproduce_one_rank_with_twice_the_batch(make_preset, referenc
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_stopped_two_rank_run_resumes_on_one_and_on_two(make_preset, reference_runs, tmp_path):
     """A 2-rank run stopped through control/stop (what `minimind-studio stop` writes) resumes on 1 rank (the CLI's --nproc-per-node; the
     global batch is kept through accumulation) and on 2 ranks, each finishing exactly as the uninterrupted
@@ -156,6 +157,7 @@ def _rank_pids(supervisor: int) -> dict[int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_a_rank_killed_ends_the_job_naming_it_and_the_run_resumes(make_preset):
     """SIGKILL to rank 1 mid-run: the job ends within 60 s (no hang in a collective), status `failed` names
     rank 1 and the signal (not rank 0's echo of it), the last checkpoint is intact and the run resumes."""
@@ -184,6 +186,7 @@ def test_a_rank_killed_ends_the_job_naming_it_and_the_run_resumes(make_preset):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_sigterm_to_the_launcher_stops_every_rank_after_the_same_step(make_preset):
     """SIGTERM to the supervisor (what `kill`, a closing terminal or a scheduler sends): every rank ends after
     the same step, one checkpoint is written at that step, and the run is `stopped`, not failed (torchrun's
@@ -253,6 +256,7 @@ def test_resume_on_a_world_that_cannot_keep_the_global_batch_is_refused(make_pre
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_max_restarts_relaunches_after_a_killed_rank_and_finishes(make_preset):
     """distributed.max_restarts = 1: a rank killed mid-run relaunches the job (a fresh torchrun, resuming from the
     newest checkpoint through the project's own resume) and the run finishes; the restart is a warning event."""
@@ -283,6 +287,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_two_nodes_each_with_its_own_run_directory(make_preset, reference_runs):
     """Two "nodes" (two supervisors on this machine, static rendezvous on a local port, one process each, their
     own run directories): node 0 writes events, status and checkpoints; node 1 receives the tokenizer over the
@@ -307,6 +312,7 @@ def test_two_nodes_each_with_its_own_run_directory(make_preset, reference_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_a_rank_that_raises_is_named_with_its_own_error_not_rank_0s_echo(make_preset, tmp_path):
     """Rank 1 raising inside a training step (what an out-of-memory or a bug does): the job ends `failed` and
     exit_reason names rank 1 and its exception, not rank 0's "connection closed by peer" that follows it."""

@@ -55,7 +55,7 @@ STEPS = {"pretrain": 12, "sft": 8}
 EVAL_EVERY, SAVE_EVERY, KEEP = 2, 3, 1
 TOKENIZER_RECORDS = 2700  # below what the tokenizer trains on (3,000 documents less 20 held out)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 
 @dataclass
