@@ -328,3 +328,19 @@ def test_a_rank_that_raises_is_named_with_its_own_error_not_rank_0s_echo(make_pr
     status = read_status(run_dir)
     assert status["state"] == "failed"
     assert "rank 1 failed: RuntimeError: injected failure on rank 1" in status["exit_reason"], status["exit_reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs 2 CUDA GPUs: the nccl path (cuda:LOCAL_RANK, DDP device_ids, the FSDP mesh on CUDA) "
+                           "runs only on a GPU box; the gloo tests above cover the same code on the CPU")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gpus_reproduce_one_gpu_with_twice_the_batch(make_preset, strategy):
+    """On 2 GPUs (nccl), 2 ranks x b train as 1 GPU x 2b, within TF32's rounding (fp32 matmuls on tensor cores)."""
+    def cuda(nproc: int, batch: int, strategy: str = "ddp"):
+        preset = _preset(make_preset, nproc, batch=batch, strategy=strategy)
+        return preset.model_copy(update={"runtime": preset.runtime.model_copy(update={"device": "cuda"})})
+
+    one, two = create_run(cuda(1, 4)), create_run(cuda(2, 2, strategy))
+    assert _run(one) == 0 and _run(two) == 0, (two / "train.log").read_text()[-3000:]
+    _assert_same_training(one, two, 2e-3)
