@@ -23,6 +23,7 @@ Why a supervisor around torchrun rather than torchrun alone:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -156,6 +157,7 @@ class Supervisor:
         self.output = output
         self.process: subprocess.Popen[str] | None = None
         self.stopping: str | None = None
+        self.aborted = False  # a second Ctrl-C: the ranks were killed, not stopped
         self.agent_tail: list[str] = []  # torchrun's last lines of output, for the root cause of a failure
 
     @property
@@ -184,6 +186,11 @@ class Supervisor:
                     # Rank 0 (or this node's first process) said how the run ended; torchrun's exit status is
                     # not trusted (1 after a clean stop, and ranks can abort while exiting).
                     return state
+                if self.aborted:
+                    message = (f"aborted by a second Ctrl-C; the newest checkpoint is kept; continue with: "
+                               f"minimind-studio resume {self.run_dir.name}")
+                    write_status(self.run_dir, state=RunState.FAILED, exit_reason=message)
+                    return RunState.FAILED
                 if self.stopping and returncode == 0:
                     write_status(self.run_dir, state=RunState.STOPPED, exit_reason=f"stop requested ({self.stopping})")
                     return RunState.STOPPED
@@ -262,12 +269,29 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         """A stop for the whole job: control/stop, which every rank reads in its own node's run directory and
-        votes on, so all end after the same step. A second Ctrl-C ends the job now (torchrun tears it down)."""
+        votes on, so all end after the same step. A second Ctrl-C ends the job now, without a checkpoint."""
         if self.stopping and signum == signal.SIGINT and self.process is not None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.aborted = True
+            abort_job(self.process.pid)
             return
         self.stopping = signal.Signals(signum).name
         request_stop(self.run_dir)
+
+
+def abort_job(torchrun_pid: int) -> None:
+    """Kill a torchrun job at once: its workers run in sessions of their own, so a signal to torchrun's group
+    would reach them only after torchrun's own grace time (and they would take SIGTERM as a stop)."""
+    import psutil
+
+    try:
+        workers = psutil.Process(torchrun_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for process in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(torchrun_pid, signal.SIGKILL)
 
 
 @dataclass

@@ -344,3 +344,25 @@ def test_two_gpus_reproduce_one_gpu_with_twice_the_batch(make_preset, strategy):
     one, two = create_run(cuda(1, 4)), create_run(cuda(2, 2, strategy))
     assert _run(one) == 0 and _run(two) == 0, (two / "train.log").read_text()[-3000:]
     _assert_same_training(one, two, 2e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.soak
+def test_a_second_ctrl_c_aborts_the_job_at_once_and_leaves_no_rank_behind(make_preset):
+    """Ctrl-C twice on a foreground several-process run: the first asks for a stop, the second ends every rank now
+    (they run in sessions of their own, so a signal to torchrun alone would reach them only after its grace
+    time); the run is `failed` saying it was aborted, and its newest checkpoint is kept."""
+    run_dir = create_run(_preset(make_preset, 2, batch=2, steps=400, pretrain={"save_interval": 5}))
+    job = _launch(run_dir)
+    wait_until(lambda: any(isinstance(e, CheckpointEvent) for e in iter_events(run_dir / "events.jsonl")),
+               timeout=240, what="a first checkpoint")
+    ranks = _rank_pids(job.pid)
+    job.send_signal(signal.SIGINT)
+    # Two signals sent back to back reach a Python handler once: the second goes once the first was handled.
+    wait_until(lambda: (run_dir / "control" / "stop").exists(), timeout=10, what="the first Ctrl-C's stop", poll_s=0.005)
+    job.send_signal(signal.SIGINT)
+    assert job.wait(timeout=30) == 1
+    assert "aborted by a second Ctrl-C" in read_status(run_dir)["exit_reason"]
+    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                               for pid in ranks.values()), timeout=10, what="no rank left running")
+    verify_checkpoint(latest_checkpoint(run_dir / "checkpoints" / "pretrain"))
