@@ -13,8 +13,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+# How often a cancellable wait looks whether it should give up.
+POLL_S = 0.2
+
+
+class WaitCancelled(Exception):
+    """A wait for a lock was given up because the caller was asked to stop (see FileLock.acquire)."""
 
 
 class FileLock:
@@ -25,9 +33,11 @@ class FileLock:
         self.holder = ""  # "<pid> <purpose>" of the process that held it when acquire last found it taken
         self._fd: int | None = None
 
-    def acquire(self, wait: Callable[[str], object] | None = None) -> bool:
+    def acquire(self, wait: Callable[[str], object] | None = None, cancelled: Callable[[], bool] | None = None) -> bool:
         """Take the lock. If another process holds it: False at once, or, with `wait`, call
-        wait(holder) and block until it is free. FileNotFoundError if the file's folder is gone."""
+        wait(holder) and block until it is free. FileNotFoundError if the file's folder is gone.
+        With `cancelled`, the wait looks every POLL_S whether to give up and raises WaitCancelled if so
+        (a run asked to stop while another process builds the cache it needs)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
         try:
             try:
@@ -38,7 +48,7 @@ class FileLock:
                     os.close(fd)
                     return False
                 wait(self.holder)
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _wait_for(fd, cancelled)
             if not _same_file(fd, self.path):  # its folder was removed or renamed while we waited
                 raise FileNotFoundError(2, "lock file removed", str(self.path))
             os.ftruncate(fd, 0)
@@ -54,6 +64,20 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _wait_for(fd: int, cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if cancelled():
+                raise WaitCancelled from None
+            time.sleep(POLL_S)
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -98,6 +98,7 @@ def build_token_cache(
     range_bytes: int | None = None,
     progress: Progress | None = None,
     on_wait: Callable[[str], object] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> TokenCache:
     """Tokenize `data_path` once into cache_dir/<key>/; later calls with the same content and tokenizer reuse it.
 
@@ -113,7 +114,8 @@ def build_token_cache(
 
     One process builds a given cache at a time (an flock on cache_dir/.lock-<key>, dropped by the kernel if
     its holder dies): another run needing the same cache calls `on_wait(message)` once, waits, then uses
-    the finished cache instead of tokenizing the file a second time.
+    the finished cache instead of tokenizing the file a second time; `cancelled()` true gives the wait up
+    (engine.locks.WaitCancelled).
     """
     # Imported here because both modules read jsonl through this one.
     from engine.data.tokenizer import tokenizer_fingerprint
@@ -132,7 +134,7 @@ def build_token_cache(
             on_wait(f"waiting for another process (pid {split_holder(holder)[0]}) building the token cache of "
                     f"{data_path} in {final}; this run uses it once it is done")
 
-    lock.acquire(wait=waiting)
+    lock.acquire(wait=waiting, cancelled=cancelled)
     try:
         if (final / "meta.json").exists():  # the process we waited for built it
             return _reuse(final, data_path, on_bad_line, stage)

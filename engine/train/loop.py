@@ -45,6 +45,7 @@ from engine.hardware.device import resolve_precision
 from engine.hardware.peak import MfuMeter, Peak, peak_flops
 from engine.hardware.readings import memory_snapshot
 from engine.hardware.tuning import TuningRecord
+from engine.locks import WaitCancelled
 from engine.model.transformer import CausalLM, count_parameters, flops_per_token
 from engine.train.checkpointer import Checkpointer
 from engine.train.compile_policy import EAGER_CPU_MFU, Mode, decide
@@ -191,7 +192,12 @@ def train_stage(
     precision = resolve_precision(preset.runtime.device, preset.runtime.dtype)
     precision = replace(precision, device=world.device_for(precision.device))
     torch.manual_seed(preset.seed)
-    blocks, data_info = make_blocks(stage, preset, tokenizer_dir, log, world)
+    try:
+        blocks, data_info = make_blocks(stage, preset, tokenizer_dir, log, world, should_stop)
+    except WaitCancelled:  # stopped while another process built this stage's token cache
+        log.emit(StageEndEvent(stage=stage, state="stopped", step=0, total_steps=0, loss=None, eval_loss=None,
+                               seconds=round(time.perf_counter() - started, 3), tokens_seen=0))
+        return StageResult(stage, "stopped", 0, 0, None, None, None, time.perf_counter() - started, 0)
     train_idx, eval_idx = split_indices(len(blocks), cfg.eval_fraction, preset.seed)
     stage_dir = run_dir / "checkpoints" / stage
 

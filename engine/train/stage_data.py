@@ -8,7 +8,7 @@ of (inputs, targets) batches across epochs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,14 @@ from engine.train.distributed import World
 from engine.train.step import Batch
 
 
-def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: EventLog, world: World | None = None
-                ) -> tuple[PretrainBlocks | SFTBlocks, dict[str, Any]]:
+def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: EventLog, world: World | None = None,
+                should_stop: Callable[[], bool] | None = None) -> tuple[PretrainBlocks | SFTBlocks, dict[str, Any]]:
     """The stage's blocks and what stage_start reports about its data. Under torchrun the first process of
     each node builds the token cache while the node's other processes wait, then they all open it (the
-    cache is the same bytes wherever it is built, so nodes with their own disks agree)."""
+    cache is the same bytes wherever it is built, so nodes with their own disks agree).
+
+    A one-process run waiting for another process's build of the same cache gives the wait up when
+    `should_stop()` (engine.locks.WaitCancelled): a stop must not wait for someone else's tokenization."""
     world = world or World.single()
     cfg = preset.stage(stage)
     kind: Kind = "pretrain" if stage == "pretrain" else "sft"
@@ -39,6 +42,7 @@ def make_blocks(stage: StageName, preset: Preset, tokenizer_dir: Path, log: Even
             Path(cfg.data_path), tokenizer_dir, kind, Path(preset.runtime.cache_dir), on_bad_line=cfg.on_bad_line,
             stage=stage, workers=None if workers == "auto" else workers, progress=CacheProgress(stage, log),
             on_wait=lambda message: log.emit(NoteEvent(stage=stage, message=message)),
+            cancelled=should_stop if not world.distributed else None,  # ranks leave together, through the step's vote
         )
 
     if world.is_local_main:

@@ -118,3 +118,36 @@ def test_a_builder_killed_half_way_blocks_nobody_and_its_folder_is_never_trusted
     assert built["from_cache"] is False  # it built the cache itself, after the kill
     assert not torn.exists()
     assert_one_good_cache(cache_dir, built, corpus, tokenizer, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_someone_elses_build_stops_when_asked(setup, corpus, builtin_dir: Path, tmp_path: Path) -> None:
+    """Guards against a stop that waits for another process's tokenization (minutes on a big file): a run waiting
+    on the cache lock gives the wait up at a stop and ends `stopped`, and its resume later uses the finished cache."""
+    import threading
+
+    from engine.runs.pipeline import run_pipeline
+    from engine.runs.run_dir import create_run, read_status, request_stop
+
+    preset_file, tokenizer, cache_dir = setup
+    first = Builder(tmp_path, "first", preset_file, tokenizer, stall=True)
+    first.stalled_tmp()
+    run_dir = create_run(preset_factory(corpus, tmp_path)(
+        stages=["pretrain"], model={"vocab_size": 512}, tokenizer={"from_dir": str(builtin_dir)}))
+
+    def stop_when_waiting(event) -> None:
+        if event.kind == "note" and WAITING in event.message:
+            request_stop(run_dir)
+
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_pipeline(run_dir, listeners=[stop_when_waiting])),
+                              daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the run kept waiting for the other build after its stop"
+    assert outcome["result"].state == "stopped" and read_status(run_dir)["state"] == "stopped"
+    first.go.touch()
+    first.finish()
+    assert run_pipeline(run_dir, resume=True).state == "finished"
+    starts = [e for e in iter_events(run_dir / "events.jsonl") if e.kind == "stage_start"]
+    assert starts[-1].from_cache
