@@ -74,11 +74,16 @@ def _execute(run_dir: Path, resume: bool, detach: bool, prepare: Callable[[], No
     with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
         result = run_pipeline(run_dir, resume=resume, listeners=[progress, plain_log_listener(log)])
     console.print(summary_table(result))
-    if result.state == RunState.STOPPED:
-        console.print(f"stopped cleanly; continue with: minimind-studio resume {run_dir.name}")
-    else:
-        console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
+    _print_next_step(run_dir, result.state)
     return 0
+
+
+def _print_next_step(run_dir: Path, state: RunState) -> None:
+    """After a foreground run: how to continue a stopped one, where a finished one's outputs are."""
+    if state == RunState.STOPPED:
+        console.print(f"stopped cleanly; continue with: minimind-studio resume {run_dir.name}")
+    elif state == RunState.FINISHED:
+        console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
 
 
 def _world_of(run_dir: Path) -> int:
@@ -107,10 +112,7 @@ def _execute_distributed(run_dir: Path, resume: bool) -> int:
             follower.join()
     status = read_status(run_dir)
     console.print(f"run {run_dir.name}: {state} ({status.get('exit_reason') or ''})")
-    if state == RunState.STOPPED:
-        console.print(f"stopped cleanly; continue with: minimind-studio resume {run_dir.name}")
-    elif state == RunState.FINISHED:
-        console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
+    _print_next_step(run_dir, state)
     return 0 if state != RunState.FAILED else 1
 
 

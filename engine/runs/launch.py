@@ -32,15 +32,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from engine.config import PROJECT_ROOT, DistributedConfig, Preset, load_preset
+from engine.config import DistributedConfig, Preset, load_preset
 from engine.events import ErrorEvent, EventLog, WarningEvent
-from engine.runs.run_dir import Heartbeat, RunLock, claim_status, read_status, request_stop, write_status
+from engine.runs.run_dir import (
+    Heartbeat,
+    RunLock,
+    claim_status,
+    engine_env,
+    handling_stop_signals,
+    read_status,
+    request_stop,
+    write_status,
+)
 from engine.runs.state import RunState
 
 # Seconds between looks at events.jsonl when a foreground run follows its ranks' progress.
@@ -97,8 +106,7 @@ def torchrun_command(run_dir: Path, preset: Preset, *, resume: bool, log_dir: Pa
 
 
 def worker_env(preset: Preset) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env = engine_env()
     if "OMP_NUM_THREADS" not in os.environ:
         # CPU processes share the cores instead of each spinning up a thread per core (torchrun would set 1).
         per_node = resolve_nproc(preset.distributed.nproc_per_node)
@@ -158,7 +166,7 @@ class Supervisor:
         self.process: subprocess.Popen[str] | None = None
         self.stopping: str | None = None
         self.aborted = False  # a second Ctrl-C: the ranks were killed, not stopped
-        self.agent_tail: list[str] = []  # torchrun's last lines of output, for the root cause of a failure
+        self.agent_tail: deque[str] = deque(maxlen=200)  # torchrun's last lines, for the root cause of a failure
 
     @property
     def writes_run_dir(self) -> bool:
@@ -170,7 +178,7 @@ class Supervisor:
 
     def run(self, resume: bool) -> RunState:
         d = self.preset.distributed
-        with RunLock(self.run_dir), Heartbeat(self.run_dir), self._handling_signals():
+        with RunLock(self.run_dir), Heartbeat(self.run_dir), handling_stop_signals(self._on_signal):
             # The pid is the supervisor's (it outlives any rank); the state stays as it is (queued) until rank 0
             # starts, so a stop given while the job starts up is kept for rank 0 to obey (engine/runs/manage.py).
             claim_status(self.run_dir, exit_reason=None, world_size=world_size(self.preset), strategy=d.strategy,
@@ -216,13 +224,13 @@ class Supervisor:
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         env=worker_env(self.preset), start_new_session=True, cwd=os.getcwd(),
                                         text=True, errors="replace", bufsize=1, preexec_fn=_end_with_parent)
-        self.agent_tail = []
+        self.agent_tail.clear()
         try:
             assert self.process.stdout is not None
             for line in self.process.stdout:  # rank 0's log lines and torchrun's own, to train.log
                 out.write(line)
                 out.flush()
-                self.agent_tail = (self.agent_tail + [line])[-200:]
+                self.agent_tail.append(line)
             return self.process.wait()
         finally:
             self.process = None
@@ -254,18 +262,6 @@ class Supervisor:
             log.emit(event)
         finally:
             log.close()
-
-    @contextmanager
-    def _handling_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         """A stop for the whole job: control/stop, which every rank reads in its own node's run directory and

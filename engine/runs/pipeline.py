@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +37,7 @@ from engine.runs.run_dir import (
     Heartbeat,
     RunLock,
     claim_status,
+    handling_stop_signals,
     read_status,
     stop_requested,
     write_status,
@@ -75,24 +74,10 @@ class _StopFlag:
                 write_status(self.run_dir, state=RunState.STOPPING)
         return stopping
 
-    @contextmanager
-    def handling_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, _frame: Any) -> None:
-            if self.signalled and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C means "now"
-            self.signalled = signal.Signals(signum).name
-
-        # SIGHUP too: a foreground run whose SSH session drops checkpoints and stops instead of dying.
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        if self.signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means "now"
+        self.signalled = signal.Signals(signum).name
 
 
 def _status_listener(run_dir: Path) -> Listener:
@@ -251,7 +236,7 @@ def _run_locked(run_dir: Path, preset: Preset, resume: bool, listeners: list[Lis
     (write_status if world.distributed else claim_status)(run_dir, state=RunState.RUNNING, exit_reason=None,
                                                           resumed=resume, stages_done=sorted(done))
     try:
-        with stop.handling_signals():
+        with handling_stop_signals(stop.on_signal):
             for stage in stages or preset.stages:
                 if stage in done:
                     continue
@@ -310,7 +295,7 @@ def _follow(run_dir: Path, preset: Preset, resume: bool, stages: list[StageName]
     silent = EventLog()
     stop = _StopFlag(run_dir, writes_status=False)
     done = world.broadcast(None)
-    with stop.handling_signals():
+    with handling_stop_signals(stop.on_signal):
         for stage in stages or preset.stages:
             if stage in done:
                 continue

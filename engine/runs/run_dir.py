@@ -15,12 +15,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -233,13 +234,36 @@ class Heartbeat:
         release_reserve(self.run_dir)
 
 
-def launch_detached(run_dir: Path, resume: bool = False) -> int:
-    """Start the run in its own session (immune to the terminal's SIGHUP), stdin closed, output to
-    train.log. Returns the pid at once."""
+def engine_env() -> dict[str, str]:
+    """The environment of a process that runs the engine (a detached run, torchrun's ranks): unbuffered output
+    for train.log, and the project importable from any working directory."""
     from engine.config import PROJECT_ROOT
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@contextmanager
+def handling_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for SIGTERM, SIGINT and SIGHUP while the block runs (the previous handlers after it). SIGHUP
+    too: a foreground run whose SSH session drops checkpoints and stops instead of dying. Signals reach only
+    the main thread, so elsewhere (a run started from a studio's worker) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def launch_detached(run_dir: Path, resume: bool = False) -> int:
+    """Start the run in its own session (immune to the terminal's SIGHUP), stdin closed, output to
+    train.log. Returns the pid at once."""
+    env = engine_env()
     command = [sys.executable, "-m", "engine", str(run_dir)] + (["--resume"] if resume else [])
     with open(run_dir / "train.log", "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
