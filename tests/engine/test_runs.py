@@ -164,11 +164,15 @@ def test_stop_checkpoints_and_resume_finishes(long_preset: Path, make_preset) ->
     assert [s.start_step for s in starts] == [0, stopped_at]
 
 
-def live_past(run_dir: Path, step: int, not_pid: int | None = None) -> dict | None:
-    """The run's status once a live process other than not_pid (a killed one) trains past `step`."""
+def live_past(run_dir: Path, step: int) -> dict | None:
+    """The run's status once its live process trains past `step`. The step is read from events.jsonl, which has
+    every step: status.json's step is refreshed only every 2 s, and a fast run can pass step 6 and finish
+    between two refreshes, never showing a live step past 6 there."""
     status = read_status(run_dir)
-    live = status.get("pid") != not_pid and effective_state(status) == "running" and status.get("step", 0) >= step
-    return status if live else None
+    if effective_state(status) != "running" or not (run_dir / "events.jsonl").exists():
+        return None
+    steps = [e.step for e in iter_events(run_dir / "events.jsonl") if e.kind == "step"]
+    return status if steps and steps[-1] >= step else None
 
 
 def kill_9(run_dir: Path, pid: int) -> None:
