@@ -24,14 +24,18 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from engine.data.fast_bpe import FastByteLevelBPE
 from engine.data.jsonl import Kind, ReadStats, parse_line
 from engine.data.messages import RecordProblem
-from engine.data.sft_mask import SpanFinder, encode_with_masks, tokenizer_render
+from engine.data.sft_mask import SpanFinder, encode_with_masks, mask_from_offsets, tokenizer_render
 from engine.disk_full import writing
 from engine.errors import DataError
 
 RANGE_BYTES = 32 << 20  # one task: big enough that per-task overhead vanishes, small enough to balance cores
 PARALLEL_MIN_BYTES = 64 << 20  # below this, starting workers (each imports transformers, ~1-2 s) costs more than it saves
+REFERENCE_ENV = "MINIMIND_STUDIO_REFERENCE_TOKENIZE"
+"""Set to 1 to encode with the tokenizer's own encode_batch instead of engine.data.fast_bpe (same ids, slower):
+for benchmarks, and a way out should the fast path ever disagree with a tokenizer."""
 Progress = Callable[[int, int], None]
 """progress(bytes_done, bytes_total), called as the build advances."""
 
@@ -79,6 +83,8 @@ class RangeEncoder:
         self.finder = SpanFinder(tokenizer_render(tokenizer)) if kind == "sft" else None  # probes the template once
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.bos, self.eos = [] if bos is None else [bos], [] if eos is None else [eos]
+        self.fast = None if os.environ.get(REFERENCE_ENV) == "1" else (
+            FastByteLevelBPE.for_tokenizer(tokenizer, dtype.itemsize, lengths=kind == "sft"))
 
     def encode(self, start: int, end: int, tok_out: BinaryIO, mask_out: BinaryIO,
                progress: Callable[[int], None] | None = None) -> RangeResult:
@@ -118,13 +124,9 @@ class RangeEncoder:
 
     def _flush(self, batch: list[tuple[int, Any]], result: RangeResult, tok_out: BinaryIO, mask_out: BinaryIO) -> bool:
         """Encode and write one batch; False (with result.error set) when the template fails on a record."""
-        docs: Sequence[tuple[list[int], np.ndarray | None]]  # (ids, loss mask: SFT only)
+        docs: Sequence[tuple[bytes, np.ndarray | None]]  # (ids, loss mask: SFT only)
         if self.finder is None:
-            # The Rust backend encodes a batch at once; add_special_tokens=False because bos/eos are added here.
-            # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which pretraining does not need.
-            backend = self.tokenizer.backend_tokenizer
-            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-            docs = [(self.bos + enc.ids + self.eos, None) for enc in encode([t for _, t in batch], add_special_tokens=False)]
+            docs = [(ids, None) for ids in self._pretrain_ids([t for _, t in batch])]
         else:
             texts, spans = [], []
             for line_no, conv in batch:
@@ -136,14 +138,41 @@ class RangeEncoder:
                     return False
                 texts.append(full)
                 spans.append(turn_spans)
-            docs = encode_with_masks(self.tokenizer, texts, spans)
-        for ids, mask in docs:
-            tok_out.write(np.asarray(ids, dtype=self.dtype).tobytes())
+            docs = self._sft_ids_and_masks(texts, spans)
+        tok_out.write(b"".join([ids for ids, _ in docs]))
+        result.lengths.extend([len(ids) // self.dtype.itemsize for ids, _ in docs])
+        for _, mask in docs:
             if mask is not None:
                 mask_out.write(mask.tobytes())
                 result.n_masked += int(mask.sum())
-            result.lengths.append(len(ids))
         return True
+
+    def _pretrain_ids(self, texts: list[str]) -> list[bytes]:
+        """<bos> text <eos> per document, as bytes of the cache's dtype."""
+        if self.fast is not None:
+            bos, eos = (np.asarray(ids, dtype=self.dtype).tobytes() for ids in (self.bos, self.eos))
+            return [bos + ids + eos for ids in self.fast.encode(texts)]
+        # The Rust backend encodes a batch at once; add_special_tokens=False because bos/eos are added here.
+        # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which pretraining does not need.
+        backend = self.tokenizer.backend_tokenizer
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [np.asarray(self.bos + enc.ids + self.eos, dtype=self.dtype).tobytes()
+                for enc in encode(texts, add_special_tokens=False)]
+
+    def _sft_ids_and_masks(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[bytes, np.ndarray]]:
+        if self.fast is None:
+            return [(np.asarray(ids, dtype=self.dtype).tobytes(), mask)
+                    for ids, mask in encode_with_masks(self.tokenizer, texts, spans)]
+        docs = []
+        for text, turn_spans, (ids, lengths) in zip(texts, spans, self.fast.encode_with_lengths(texts)):
+            # The mask in UTF-8 bytes: token byte ranges from their lengths, spans moved from characters to bytes.
+            # A token holding part of a character lies inside a span exactly when that character does, as with
+            # the tokenizer's character offsets.
+            ends = np.cumsum(np.frombuffer(lengths, dtype=np.uint32), dtype=np.int64)
+            offsets = np.stack([ends - np.frombuffer(lengths, dtype=np.uint32), ends], axis=1)
+            byte_spans = [(len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))) for a, b in turn_spans]
+            docs.append((ids, mask_from_offsets(offsets, byte_spans)))
+        return docs
 
 
 def range_size(size: int, workers: int) -> int:

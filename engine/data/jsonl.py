@@ -65,6 +65,9 @@ def parse_line(raw: bytes, kind: Kind, first: bool = False) -> tuple[Any, Any] |
     first line, which may start with a UTF-8 byte order mark."""
     try:
         obj = json.loads(raw.decode("utf-8-sig" if first else "utf-8"))
+        if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(obj):  # the scan only when an escape is there
+            return ("holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), which is no character "
+                    "and which no tokenizer can encode")
         return obj, parse_record(obj, kind)
     except UnicodeDecodeError:
         return "not valid UTF-8"
@@ -76,6 +79,20 @@ def parse_line(raw: bytes, kind: Kind, first: bool = False) -> tuple[Any, Any] |
         return "nested too deeply to read (thousands of [ or { levels)"
     except ValueError as error:  # e.g. an integer of more than 4,300 digits (Python's limit on int parsing)
         return f"not readable JSON ({error})"
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has_lone_surrogate, value))
+    return False
 
 
 def check_data_file(path: str | Path, setting: str) -> None:
