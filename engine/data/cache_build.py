@@ -24,10 +24,11 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from engine.data.chat_render import CheckedRender
 from engine.data.fast_bpe import FastByteLevelBPE
 from engine.data.jsonl import Kind, ReadStats, parse_line
 from engine.data.messages import RecordProblem
-from engine.data.sft_mask import SpanFinder, encode_with_masks, mask_from_offsets, tokenizer_render
+from engine.data.sft_mask import SpanFinder, encode_with_masks, mask_from_offsets
 from engine.disk_full import writing
 from engine.errors import DataError
 
@@ -80,7 +81,7 @@ class RangeEncoder:
         """`hint` ends a bad line's message (engine.data.jsonl.skip_hint of the preset field holding on_bad_line)."""
         self.tokenizer, self.kind, self.on_bad_line, self.dtype = tokenizer, kind, on_bad_line, dtype
         self.hint, self.batch_size, self.data_path = hint, batch_size, data_path
-        self.finder = SpanFinder(tokenizer_render(tokenizer)) if kind == "sft" else None  # probes the template once
+        self.finder = SpanFinder(CheckedRender(tokenizer)) if kind == "sft" else None  # probes the template once
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.bos, self.eos = [] if bos is None else [bos], [] if eos is None else [eos]
         self.fast = None if os.environ.get(REFERENCE_ENV) == "1" else (

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_ENTRIES = 1 << 20  # per cache; about 150 MiB at most in all, then the caches start over
+SHORT_CHUNK = 64  # characters: text between added tokens up to this long is cached whole (role names, newlines)
 _TYPECODE = {2: "H", 4: "I"}
 
 
@@ -83,6 +84,10 @@ class FastByteLevelBPE:
         self.first: dict[str, Any] = {}  # a chunk's first segment (no leading space)
         self.spaced: dict[str, Any] = {}  # segment s -> the encoding of " " + s
         self.words: dict[str, Any] = {}  # pre-token -> its BPE
+        # Text between added tokens: the added tokens themselves, an empty chunk, short chunks seen before.
+        self.added_encodings = {name: self._pack([i], [len(name.encode("utf-8"))]) for name, i in added.items()}
+        self.added_encodings[""] = self._pack([], [])
+        self.pieces: dict[str, Any] = dict(self.added_encodings)
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any, itemsize: int, lengths: bool = False) -> FastByteLevelBPE | None:
@@ -107,6 +112,10 @@ class FastByteLevelBPE:
         assert self.lengths, "built without lengths=True"
         return list(map(self._text, texts))
 
+    def _pack(self, ids: list[int], lengths: list[int]) -> Any:
+        packed = array(self.typecode, ids).tobytes()
+        return (packed, array("I", lengths).tobytes()) if self.lengths else packed
+
     def _join(self, parts: list[Any]) -> Any:
         if self.lengths:
             return b"".join([p[0] for p in parts]), b"".join([p[1] for p in parts])
@@ -116,21 +125,26 @@ class FastByteLevelBPE:
         careful = self.ws_then_space.search(text) is not None  # one scan of the document, not one per chunk
         if self.added_re is None:
             return self._chunk(text, careful)
-        parts = []
-        for k, piece in enumerate(self.added_re.split(text)):
-            if k % 2:  # the captured added tokens sit at odd positions
-                ids = array(self.typecode, [self.added[piece]]).tobytes()
-                parts.append((ids, array("I", [len(piece.encode("utf-8"))]).tobytes()) if self.lengths else ids)
-            elif piece:
-                parts.append(self._chunk(piece, careful))
+        pieces = self.added_re.split(text)  # chunks at even positions, the added tokens between them
+        parts: list[Any] = list(map(self.pieces.get, pieces))  # added tokens and short repeated chunks ("\n", "user\n")
+        k = -1
+        try:
+            while True:
+                k = parts.index(None, k + 1)
+                parts[k] = self._chunk(pieces[k], careful)
+                if len(pieces[k]) <= SHORT_CHUNK:
+                    self.pieces[pieces[k]] = parts[k]
+        except ValueError:
+            pass
         return self._join(parts)
 
     def _chunk(self, text: str, careful: bool) -> Any:
         """Text without added tokens, cut into space-led segments that are looked up whole. `careful`: the
         document holds whitespace before a space somewhere."""
-        if len(self.spaced) > self.max_entries or len(self.words) > self.max_entries:
-            for cache in (self.first, self.spaced, self.words):
+        if max(len(self.spaced), len(self.words), len(self.pieces)) > self.max_entries:
+            for cache in (self.first, self.spaced, self.words, self.pieces):
                 cache.clear()
+            self.pieces.update(self.added_encodings)
         if careful and self.ws_then_space.search(text):  # two spaces, a newline then a space: pre-tokens straddle cuts
             return self._segment(text)
         head, *rest = text.split(" ")
@@ -165,19 +179,15 @@ class FastByteLevelBPE:
                 except UnicodeEncodeError:  # a lone surrogate (JSON's "\\ud800"): whatever the tokenizer does with it
                     return self._by_tokenizer(text)
                 tokens = self.model.tokenize(raw.decode("latin-1").translate(_BYTE_CHARS))
-                ids = array(self.typecode, [t.id for t in tokens]).tobytes()
                 # A vocabulary entry is written one character per byte (GPT-2's table): its length is its byte count.
-                got = words[word] = (ids, array("I", [len(t.value) for t in tokens]).tobytes()) if self.lengths else ids
+                got = words[word] = self._pack([t.id for t in tokens], [len(t.value) for t in tokens])
             parts.append(got)
         return self._join(parts)
 
     def _by_tokenizer(self, text: str) -> Any:
         """The tokenizer's own encoding of text (one UTF-8 cannot hold)."""
         ids = self.backend.encode(text, add_special_tokens=False).ids
-        packed = array(self.typecode, ids).tobytes()
-        if not self.lengths:
-            return packed
-        return packed, array("I", [len(self.backend.id_to_token(i)) for i in ids]).tobytes()
+        return self._pack(ids, [len(self.backend.id_to_token(i)) for i in ids] if self.lengths else [])
 
 
 def _plain_byte_level(spec: dict[str, Any]) -> bool:
