@@ -28,7 +28,7 @@ from engine.data.chat_render import CheckedRender
 from engine.data.fast_bpe import FastByteLevelBPE
 from engine.data.jsonl import Kind, ReadStats, parse_line
 from engine.data.messages import RecordProblem
-from engine.data.sft_mask import SpanFinder, encode_with_masks, mask_from_offsets
+from engine.data.sft_mask import SpanFinder, encode_with_masks
 from engine.disk_full import writing
 from engine.errors import DataError
 
@@ -168,11 +168,17 @@ class RangeEncoder:
         for text, turn_spans, (ids, lengths) in zip(texts, spans, self.fast.encode_with_lengths(texts)):
             # The mask in UTF-8 bytes: token byte ranges from their lengths, spans moved from characters to bytes.
             # A token holding part of a character lies inside a span exactly when that character does, as with
-            # the tokenizer's character offsets.
-            ends = np.cumsum(np.frombuffer(lengths, dtype=np.uint32), dtype=np.int64)
-            offsets = np.stack([ends - np.frombuffer(lengths, dtype=np.uint32), ends], axis=1)
-            byte_spans = [(len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))) for a, b in turn_spans]
-            docs.append((ids, mask_from_offsets(offsets, byte_spans)))
+            # the tokenizer's character offsets. Tokens are contiguous and in order, so those inside a span are
+            # one run, found by two binary searches.
+            sizes = np.frombuffer(lengths, dtype=np.uint32)
+            ends = np.cumsum(sizes, dtype=np.int64)
+            starts = ends - sizes
+            mask = np.zeros(len(sizes), dtype=np.uint8)
+            for a, b in turn_spans:
+                first = int(np.searchsorted(starts, len(text[:a].encode("utf-8"))))
+                stop = int(np.searchsorted(ends, len(text[:b].encode("utf-8")), side="right"))
+                mask[first:stop] = 1
+            docs.append((ids, mask))
         return docs
 
 

@@ -73,6 +73,8 @@ def _message(i: int, raw: Any) -> tuple[dict[str, Any], list[dict[str, Any]] | N
     if not isinstance(raw, dict):
         raise RecordProblem(f"message {i} is not an object")
     role = raw.get("role")
+    if len(raw) == 2 and type(raw.get("content")) is str and role in ROLES:
+        return dict(raw), None  # most messages of a file: a role and a text, nothing else to check or decode
     if role not in ROLES:
         raise RecordProblem(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
     msg = {key: value for key, value in raw.items() if key not in ("tools", "tool_calls") or value not in _EMPTY}
