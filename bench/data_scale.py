@@ -6,10 +6,11 @@ Generates a minimind-format pretrain file and an SFT file in which about --tool-
 use tools (tool specs on the system message as a JSON string, calls as a JSON string on an empty-content
 assistant turn, a tool result, the final answer) or reasoning (reasoning_content), the rest being the
 built-in chats recombined as bench.data does. A tokenizer (vocab 6400) is trained on the first 20M
-characters. Then every build runs in its own process, cold, so peak RSS is its own: pretrain and SFT on
-one core, in one process whose tokenizer threads use every core, and with workers on all cores but one
-(the default for large files) and on all cores. Peak RSS is the parent's and the
-largest worker's (each worker holds one batch and the tokenizer, whatever the file size).
+characters. Then every build runs in its own process, cold, so peak RSS is its own, for each kind:
+the reference path (apply_chat_template + encode_batch, as the cache was built before its fast paths) on
+one core; the fast path on one core at a tenth of the file and at full size; and the fast path with
+workers on all cores but one (the default for large files) and on all cores. Peak RSS is the parent's and
+the largest worker's (each worker holds a batch, the tokenizer and its bounded encoding caches).
 """
 
 from __future__ import annotations
@@ -78,28 +79,33 @@ def write_sft_mixed(path: Path, target_bytes: int, seed: int, tool_share: float)
     return written, special
 
 
-def phase_build(work: Path, kind: str, workers: int, one_core: bool) -> dict:
+def phase_build(work: Path, kind: str, workers: int, reference: bool, source_name: str) -> dict:
     """One cold build in this fresh process; transformers' import is timed apart (a one-off per process).
-    one_core: also keep the tokenizer's own thread pool off, for the per-core figure of a one-worker build."""
-    if one_core:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    reference: the libraries' own apply_chat_template and encode_batch (engine.data.cache_build.REFERENCE_ENV)
+    on one core (the tokenizer's thread pool off), the way the cache was built before its fast paths."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from engine.data.cache_build import REFERENCE_ENV
+
+    os.environ[REFERENCE_ENV] = "1" if reference else "0"
     started = time.perf_counter()
+    from engine.data.fast_bpe import split_patterns
     from engine.data.token_cache import build_token_cache
     from engine.data.tokenizer import load_tokenizer
 
     load_tokenizer(work / "tokenizer")
+    split_patterns()  # read from the user's cache folder (computed once per library versions)
     imports = time.perf_counter() - started
-    source = work / f"{kind}.jsonl"
+    source = work / source_name
     started = time.perf_counter()
-    folder = work / f"cache-{kind}-{workers}{'-one-core' if one_core else ''}"
+    folder = work / f"cache-{source_name}-{workers}-{'reference' if reference else 'fast'}"
     cache = build_token_cache(source, work / "tokenizer", kind, folder, workers=workers)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
     assert not cache.from_cache, "the cold build found a cache: nothing was measured"
-    return {"kind": kind, "workers": workers, "one_core": one_core, "bytes": source.stat().st_size,
+    return {"kind": kind, "workers": workers, "reference": reference, "bytes": source.stat().st_size,
             "tokens": cache.n_tokens, "seconds": seconds,
             "import_s": imports, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else None,
-            "tokens_bin": str(cache.dir / "tokens.bin")}
+            "tokens_bin": str(cache.dir / "tokens.bin"), "full": source_name == f"{kind}.jsonl"}
 
 
 def run_phase(*args: str) -> dict:
@@ -110,22 +116,34 @@ def run_phase(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report_body(rows: list[dict], sft_special: float, identical: bool, quick: bool) -> str:
+def cjk_share(path: Path, sample: int = 20_000_000) -> float:
+    """Share of CJK ideographs among the characters of the file's first `sample` bytes."""
+    text = path.open(encoding="utf-8").read(sample)
+    return sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff") / max(1, len(text))
+
+
+def report_body(rows: list[dict], sft_special: float, shares: dict[str, float], identical: bool, quick: bool) -> str:
     cores = os.cpu_count() or 1
-    head = (f"{cores} cores; SFT with {sft_special:.0%} tool / reasoning conversations"
-            f"{' (quick run: small files, noisy)' if quick else ''}. Every build cold, in its own process.")
+    head = (f"{cores} cores. Generated minimind-format files (bench.data's recombined built-in corpus, invented names): "
+            f"CJK ideographs are {shares['pretrain']:.0%} of the pretrain characters and {shares['sft']:.0%} of the SFT "
+            f"ones; {sft_special:.0%} of the SFT conversations use tools or reasoning"
+            f"{' (quick run: small files, noisy)' if quick else ''}. Every build cold, in its own process. "
+            "`reference` is the libraries' own apply_chat_template + encode_batch on one core (the cache as built "
+            "before this benchmark's fast paths); `fast` is engine.data.chat_render + engine.data.fast_bpe (same bytes).")
     lines = [head, "",
-             "| kind | jsonl MB | workers | cores used | s | MB/s | MB/s per core | vs one core | peak RSS MiB (parent / largest worker) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    base = {r["kind"]: r["seconds"] for r in rows if r["one_core"]}
+             "| kind | jsonl MB | path | workers | cores used | s | MB/s | MB/s per core | vs reference | "
+             "peak RSS MiB (parent / largest worker) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {r["kind"]: r["bytes"] / r["seconds"] for r in rows if r["reference"]}
     for r in rows:
         rate = r["bytes"] / 1e6 / r["seconds"]
-        used = 1 if r["one_core"] else r["workers"] if r["workers"] > 1 else cores
         worker = f"{r['worker_rss_mb']:,.0f}" if r["worker_rss_mb"] else "-"
-        lines.append(f"| {r['kind']} | {r['bytes'] / 1e6:,.0f} | {r['workers']} | {used} | {r['seconds']:.1f} | {rate:.2f} | "
-                     f"{rate / used:.2f} | {base[r['kind']] / r['seconds']:.2f}x | {r['rss_mb']:,.0f} / {worker} |")
-    lines += ["", (f"Caches of one worker and of all cores byte-identical: {'yes' if identical else 'NO'}. Times exclude "
-                   f"importing transformers in the parent ({rows[0]['import_s']:.1f} s); workers pay theirs inside the build.")]
+        lines.append(f"| {r['kind']} | {r['bytes'] / 1e6:,.0f} | {'reference' if r['reference'] else 'fast'} | "
+                     f"{r['workers']} | {r['workers']} | {r['seconds']:.1f} | {rate:.2f} | {rate / r['workers']:.2f} | "
+                     f"{r['bytes'] / r['seconds'] / base[r['kind']]:.2f}x | {r['rss_mb']:,.0f} / {worker} |")
+    lines += ["", (f"Caches of every full-size build of a kind byte-identical: {'yes' if identical else 'NO'}. Times exclude "
+                   f"importing transformers in the parent ({rows[0]['import_s']:.1f} s); workers pay theirs inside the "
+                   "build. The rows at a tenth of the size show how peak RSS grows with the file.")]
     return "\n".join(lines)
 
 
@@ -140,7 +158,8 @@ def main() -> int:
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(phase_build(Path(args.worker[0]), args.worker[1], int(args.worker[2]), args.worker[3] == "1")))
+        work, kind, workers, reference, source = args.worker
+        print(json.dumps(phase_build(Path(work), kind, int(workers), reference == "1", source)))
         return 0
     if args.quick:
         args.pretrain_mb, args.sft_mb = 100.0, 30.0
@@ -150,26 +169,32 @@ def main() -> int:
         _, special = write_sft_mixed(work / "sft.jsonl", int(args.sft_mb * 1e6), args.seed, args.tool_share)
         with open(work / "sft.jsonl", "rb") as handle:
             n_sft = sum(1 for _ in handle)
+        for kind in ("pretrain", "sft"):  # a tenth of each file, cut at a line end, for the RSS-in-size rows
+            with open(work / f"{kind}.jsonl", "rb") as src, open(work / f"{kind}-tenth.jsonl", "wb") as out:
+                out.writelines(line for _, line in zip(range(sum(1 for _ in open(work / f"{kind}.jsonl", "rb")) // 10), src))
+        shares = {kind: cjk_share(work / f"{kind}.jsonl") for kind in ("pretrain", "sft")}
         from engine.data.tokenizer import train_tokenizer
 
         train_tokenizer(work / "pretrain.jsonl", work / "tokenizer", 6400, max_train_chars=20_000_000)
         cores = os.cpu_count() or 1
         rows = []
         for kind in ("pretrain", "sft"):
-            # One core; one process whose tokenizer uses every core (what a build below 64 MiB does); then workers.
-            for workers, one_core in [(1, True), (1, False)] + [(n, False) for n in sorted({max(2, cores - 1), cores})]:
-                rows.append(run_phase(str(work), kind, str(workers), "1" if one_core else "0"))
+            plan = ([(1, True, f"{kind}.jsonl"), (1, False, f"{kind}-tenth.jsonl"), (1, False, f"{kind}.jsonl")]
+                    + [(n, False, f"{kind}.jsonl") for n in sorted({max(2, cores - 1), cores})])
+            for workers, reference, source in plan:
+                rows.append(run_phase(str(work), kind, str(workers), "1" if reference else "0", source))
                 r = rows[-1]
-                print(f"{kind} x{workers}{' (one core)' if one_core else ''}: {r['seconds']:.1f} s, "
-                      f"{r['bytes'] / 1e6 / r['seconds']:.2f} MB/s", flush=True)
+                print(f"{source} x{workers}{' reference' if reference else ''}: {r['seconds']:.1f} s, "
+                      f"{r['bytes'] / 1e6 / r['seconds']:.2f} MB/s, RSS {r['rss_mb']:.0f} MiB", flush=True)
         from engine.data.token_cache import file_digest
 
-        digests = {(r["kind"], file_digest(Path(r["tokens_bin"]))) for r in rows}
-        identical = len(digests) == 2  # one token file per kind, whatever the workers
-        body = report_body(rows, special / n_sft, identical, args.quick)
+        digests = {(r["kind"], file_digest(Path(r["tokens_bin"]))) for r in rows if r["full"]}
+        identical = len(digests) == 2  # one token file per kind, whatever the path and the workers
+        body = report_body(rows, special / n_sft, shares, identical, args.quick)
     from engine.hardware.cpu import describe_cpu
 
-    publish(f"Token cache at size: one worker and all cores, on {describe_cpu()}", body, print_only=args.no_publish)
+    publish(f"Token cache at size: reference and fast paths, one core and all cores, on {describe_cpu()}", body,
+            print_only=args.no_publish)
     return 0
 
 

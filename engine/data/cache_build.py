@@ -17,26 +17,27 @@ import shutil
 import signal
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from engine.data.batch_encode import batch_encoder
 from engine.data.chat_render import CheckedRender
-from engine.data.fast_bpe import FastByteLevelBPE
 from engine.data.jsonl import Kind, ReadStats, parse_line
 from engine.data.messages import RecordProblem
-from engine.data.sft_mask import SpanFinder, encode_with_masks
+from engine.data.sft_mask import SpanFinder, tokenizer_render
 from engine.disk_full import writing
 from engine.errors import DataError
 
 RANGE_BYTES = 32 << 20  # one task: big enough that per-task overhead vanishes, small enough to balance cores
 PARALLEL_MIN_BYTES = 64 << 20  # below this, starting workers (each imports transformers, ~1-2 s) costs more than it saves
-REFERENCE_ENV = "MINIMIND_STUDIO_REFERENCE_TOKENIZE"
-"""Set to 1 to encode with the tokenizer's own encode_batch instead of engine.data.fast_bpe (same ids, slower):
-for benchmarks, and a way out should the fast path ever disagree with a tokenizer."""
+REFERENCE_ENV = "MINIMIND_STUDIO_REFERENCE_ENCODE"
+"""Set to 1 to build with the libraries' own calls, apply_chat_template and encode_batch, instead of
+engine.data.chat_render and engine.data.fast_bpe (the same bytes, two to three times slower): for benchmarks,
+and a way out should a fast path ever disagree with a tokenizer."""
 Progress = Callable[[int, int], None]
 """progress(bytes_done, bytes_total), called as the build advances."""
 
@@ -81,11 +82,11 @@ class RangeEncoder:
         """`hint` ends a bad line's message (engine.data.jsonl.skip_hint of the preset field holding on_bad_line)."""
         self.tokenizer, self.kind, self.on_bad_line, self.dtype = tokenizer, kind, on_bad_line, dtype
         self.hint, self.batch_size, self.data_path = hint, batch_size, data_path
-        self.finder = SpanFinder(CheckedRender(tokenizer)) if kind == "sft" else None  # probes the template once
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        self.bos, self.eos = [] if bos is None else [bos], [] if eos is None else [eos]
-        self.fast = None if os.environ.get(REFERENCE_ENV) == "1" else (
-            FastByteLevelBPE.for_tokenizer(tokenizer, dtype.itemsize, lengths=kind == "sft"))
+        reference = os.environ.get(REFERENCE_ENV) == "1"
+        self.finder = None  # SFT: renders each conversation and finds its learned spans (probes the template once)
+        if kind == "sft":
+            self.finder = SpanFinder(tokenizer_render(tokenizer) if reference else CheckedRender(tokenizer))
+        self.encode_batch = batch_encoder(tokenizer, kind, dtype, reference_only=reference)
 
     def encode(self, start: int, end: int, tok_out: BinaryIO, mask_out: BinaryIO,
                progress: Callable[[int], None] | None = None) -> RangeResult:
@@ -125,9 +126,8 @@ class RangeEncoder:
 
     def _flush(self, batch: list[tuple[int, Any]], result: RangeResult, tok_out: BinaryIO, mask_out: BinaryIO) -> bool:
         """Encode and write one batch; False (with result.error set) when the template fails on a record."""
-        docs: Sequence[tuple[bytes, np.ndarray | None]]  # (ids, loss mask: SFT only)
         if self.finder is None:
-            docs = [(ids, None) for ids in self._pretrain_ids([t for _, t in batch])]
+            docs = self.encode_batch([t for _, t in batch], None)
         else:
             texts, spans = [], []
             for line_no, conv in batch:
@@ -139,47 +139,14 @@ class RangeEncoder:
                     return False
                 texts.append(full)
                 spans.append(turn_spans)
-            docs = self._sft_ids_and_masks(texts, spans)
+            docs = self.encode_batch(texts, spans)
         tok_out.write(b"".join([ids for ids, _ in docs]))
         result.lengths.extend([len(ids) // self.dtype.itemsize for ids, _ in docs])
-        for _, mask in docs:
-            if mask is not None:
-                mask_out.write(mask.tobytes())
-                result.n_masked += int(mask.sum())
+        masks = [mask for _, mask in docs if mask is not None]
+        if masks:
+            mask_out.write(b"".join(masks))
+            result.n_masked += sum(mask.count(1) for mask in masks)
         return True
-
-    def _pretrain_ids(self, texts: list[str]) -> list[bytes]:
-        """<bos> text <eos> per document, as bytes of the cache's dtype."""
-        if self.fast is not None:
-            bos, eos = (np.asarray(ids, dtype=self.dtype).tobytes() for ids in (self.bos, self.eos))
-            return [bos + ids + eos for ids in self.fast.encode(texts)]
-        # The Rust backend encodes a batch at once; add_special_tokens=False because bos/eos are added here.
-        # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which pretraining does not need.
-        backend = self.tokenizer.backend_tokenizer
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        return [np.asarray(self.bos + enc.ids + self.eos, dtype=self.dtype).tobytes()
-                for enc in encode(texts, add_special_tokens=False)]
-
-    def _sft_ids_and_masks(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[bytes, np.ndarray]]:
-        if self.fast is None:
-            return [(np.asarray(ids, dtype=self.dtype).tobytes(), mask)
-                    for ids, mask in encode_with_masks(self.tokenizer, texts, spans)]
-        docs = []
-        for text, turn_spans, (ids, lengths) in zip(texts, spans, self.fast.encode_with_lengths(texts)):
-            # The mask in UTF-8 bytes: token byte ranges from their lengths, spans moved from characters to bytes.
-            # A token holding part of a character lies inside a span exactly when that character does, as with
-            # the tokenizer's character offsets. Tokens are contiguous and in order, so those inside a span are
-            # one run, found by two binary searches.
-            sizes = np.frombuffer(lengths, dtype=np.uint32)
-            ends = np.cumsum(sizes, dtype=np.int64)
-            starts = ends - sizes
-            mask = np.zeros(len(sizes), dtype=np.uint8)
-            for a, b in turn_spans:
-                first = int(np.searchsorted(starts, len(text[:a].encode("utf-8"))))
-                stop = int(np.searchsorted(ends, len(text[:b].encode("utf-8")), side="right"))
-                mask[first:stop] = 1
-            docs.append((ids, mask))
-        return docs
 
 
 def range_size(size: int, workers: int) -> int:

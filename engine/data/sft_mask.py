@@ -9,7 +9,9 @@ shape, probed once per template with marker messages (`TurnShape`): the text eve
 with, the generation prompt, and the end-of-turn string. A turn's learned span runs from where its
 rendering stops agreeing with the generation prompt (minimind's template prompts with an empty
 `<think>` block, so a turn without reasoning starts learning after it, one with reasoning inside it) to
-its end-of-turn string. The token mask then comes from the tokenizer's character offsets. A template
+its end-of-turn string. The token mask then comes from the tokenizer's character offsets
+(`encode_with_masks`), or on the cache build's fast path from the tokens' UTF-8 byte lengths
+(engine.data.cache_build), which mark the same tokens. A template
 whose shape cannot be probed falls back to rendering every prefix of the conversation (slow, but it
 needs nothing from the template except stable prefixes).
 """
