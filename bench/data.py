@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -120,7 +119,9 @@ def write_sft(path: Path, target_bytes: int, seed: int) -> int:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    from engine.hardware.process_memory import peak_rss_mb
+
+    return peak_rss_mb()  # VmHWM: ru_maxrss would include this process's parent (Linux keeps it across exec)
 
 
 def phase_tokenizer(work: Path, vocab: int) -> dict:

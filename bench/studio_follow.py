@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import random
-import resource
 import socket
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 from bench.train import ROOT, publish
+from engine.hardware.process_memory import peak_rss_mb
 
 SIZE = (120, 40)
 PRESET = ROOT / "presets" / "minimind-26m.toml"
@@ -210,7 +210,7 @@ async def child(runs_dir: Path, lines: int, append: int, batches: int, poll_s: f
             await pilot.press("3")
             await pilot.pause(0.5)
             lag.cancel()
-            return {"rss_mb": _rss_mb(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            return {"rss_mb": _rss_mb(), "peak_rss_mb": peak_rss_mb()}
         monitor = app.query_one(MonitorPane)
 
         async def open_from_runs_tab() -> float:
@@ -230,7 +230,7 @@ async def child(runs_dir: Path, lines: int, append: int, batches: int, poll_s: f
         result.update(ingest_s=probe.drawn_at(lines) - t0, first_chart_s=first - t0, mounted_s=mounted - t0,
                       max_stall_ms=max(stalls_loading, default=0) * 1000,
                       ingest_polls=len(probe.polls), ingest_redraws=len(probe.redraws),
-                      rss_mb=_rss_mb(), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      rss_mb=_rss_mb(), peak_rss_mb=peak_rss_mb(),
                       points=sum(len(v[0]) for v in monitor.primary.stage_view("pretrain").series.values()))
 
         # Appending while the studio follows: each batch is one write, then wait until it is drawn.

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from engine.hardware.process_memory import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -148,7 +149,7 @@ def worker(impl: str, shape: str, dtype: str, warmup: int, windows: int, steps_p
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = peak_rss_mb()
     target = Target("cuda" if dev.type == "cuda" else "cpu", dtype)
     predicted = training_memory(config, batch, seq, target, checkpointing)
     return {

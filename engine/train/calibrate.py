@@ -8,7 +8,6 @@ random tokens) and reports tokens/s and the measured memory peak, which `minimin
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from engine.errors import EngineError
 from engine.hardware.device import resolve_precision
 from engine.hardware.estimate import CPU_FRAMEWORK_BYTES, CUDA_CONTEXT_BYTES, Target
 from engine.hardware.gpus import GpuSpec, find_gpu
+from engine.hardware.process_memory import peak_rss_mb
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def calibrate(preset: Preset, stage: StageName, target: Target, steps: int = 20,
         tensor_peak = torch.cuda.max_memory_allocated(device) + CUDA_CONTEXT_BYTES
         process_peak = torch.cuda.max_memory_reserved(device) + CUDA_CONTEXT_BYTES
     else:
-        process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the profiler adds its own
+        process_peak = int(peak_rss_mb() * 2**20)  # before the profiler adds its own
         # Between steps the weights and AdamW moments are what is alive; the profiled step adds the rest.
         static = sum(t.numel() * t.element_size() for t in setup.model.parameters())
         static += sum(v.numel() * v.element_size() for s in setup.optimizer.state.values() for v in s.values()
