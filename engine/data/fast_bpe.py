@@ -46,6 +46,7 @@ from typing import Any
 # 15-25% faster with 1M entries than with 256K (~100 MiB more RSS); SFT, whose entries also hold token
 # lengths, ran no faster above 256K and held ~100 MiB more at 1M.
 MAX_ENTRIES = {False: 1 << 20, True: 1 << 18}  # keyed by `lengths`
+LONGEST_KEY = 128  # characters: longer text (a paragraph without spaces) seldom recurs, and would fill memory
 SHORT_CHUNK = 64  # characters: text between added tokens up to this long is cached whole (role names, newlines)
 _TYPECODE = {2: "H", 4: "I"}
 
@@ -101,7 +102,8 @@ class FastByteLevelBPE:
         self.pieces: dict[str, Any] = dict(self.added_encodings)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, itemsize: int, lengths: bool = False) -> FastByteLevelBPE | None:
+    def for_tokenizer(cls, tokenizer: Any, itemsize: int, lengths: bool = False,
+                      max_entries: int | None = None) -> FastByteLevelBPE | None:
         """The fast encoder of a transformers tokenizer, or None when its pipeline is not plain byte-level BPE."""
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
         try:
@@ -111,7 +113,7 @@ class FastByteLevelBPE:
         added = _plain_added_tokens(spec)
         if added is None or not _plain_byte_level(spec):
             return None
-        return cls(backend, added, itemsize, lengths)
+        return cls(backend, added, itemsize, lengths, max_entries)
 
     # ------------------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> list[bytes]:
@@ -127,7 +129,7 @@ class FastByteLevelBPE:
 
     def _bound_caches(self) -> None:
         """Start the caches over once one is full (checked per batch: a batch adds a bounded number of entries)."""
-        if max(len(self.spaced), len(self.words), len(self.pieces)) > self.max_entries:
+        if max(len(self.first), len(self.spaced), len(self.words), len(self.pieces)) > self.max_entries:
             for cache in (self.first, self.spaced, self.words, self.pieces):
                 cache.clear()
             self.pieces.update(self.added_encodings)
@@ -167,14 +169,18 @@ class FastByteLevelBPE:
         got: list[Any] = list(map(self.spaced.get, parts))  # parts[0] has no space before it: replaced below
         head = got[0] = self.first.get(parts[0])
         if head is None:
-            got[0] = self.first[parts[0]] = self._segment(parts[0])
+            got[0] = self._segment(parts[0])
+            if len(parts[0]) <= LONGEST_KEY:
+                self.first[parts[0]] = got[0]
         k = 0
         try:
             while True:
                 k = got.index(None, k + 1)  # scans in C: most segments were seen before
                 value = self.spaced.get(parts[k])
                 if value is None:
-                    value = self.spaced[parts[k]] = self._segment(" " + parts[k])
+                    value = self._segment(" " + parts[k])
+                    if len(parts[k]) <= LONGEST_KEY:
+                        self.spaced[parts[k]] = value
                 got[k] = value
         except ValueError:
             pass
@@ -193,7 +199,9 @@ class FastByteLevelBPE:
                     return self._by_tokenizer(text)
                 tokens = self.model.tokenize(raw.decode("latin-1").translate(_BYTE_CHARS))
                 # A vocabulary entry is written one character per byte (GPT-2's table): its length is its byte count.
-                got = words[word] = self._pack([t.id for t in tokens], [len(t.value) for t in tokens])
+                got = self._pack([t.id for t in tokens], [len(t.value) for t in tokens])
+                if len(word) <= LONGEST_KEY:
+                    words[word] = got
             parts.append(got)
         return self._join(parts)
 

@@ -224,3 +224,25 @@ def test_a_lone_surrogate_is_a_bad_line_not_a_crash(tmp_path: Path, builtin_dir:
     assert cache.meta["stats"]["skipped_examples"][0][0] == 2
     assert "surrogate" in cache.meta["stats"]["skipped_examples"][0][1]
     json.dumps(cache.meta)  # the reason is plain text
+
+
+def test_caches_stay_bounded_on_text_that_never_repeats(tokenizers_pair) -> None:
+    """Guards against memory growing with the file: documents without spaces (a Chinese corpus) are one
+    segment each and never recur; they must not all be kept (as the first segment's cache once did), and no
+    key may be longer than LONGEST_KEY."""
+    import random
+
+    from engine.data import fast_bpe
+
+    rng = random.Random(0)
+    tok = tokenizers_pair["dense"]
+    fast = FastByteLevelBPE.for_tokenizer(tok, 2, max_entries=50)
+    assert fast is not None
+    caches = (fast.first, fast.spaced, fast.words, fast.pieces)
+    for _ in range(40):
+        # Few distinct words (so the word cache stays small and never triggers a clear), each document new.
+        batch = ["。".join(rng.choices(["你好", "中文", "句子", "天气", "1", "a"], k=rng.randint(2, 120))) for _ in range(10)]
+        assert [list(array("H", ids)) for ids in fast.encode(batch)] == _reference(tok, batch)
+        assert all(len(key) <= fast_bpe.LONGEST_KEY for cache in caches for key in cache)
+        assert max(map(len, caches)) <= 50 + 10 * 200, "a cache outgrew its bound by more than one batch adds"
+    assert len(fast.first) <= 50 + 10
