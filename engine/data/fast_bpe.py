@@ -63,7 +63,7 @@ def _byte_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-_BYTE_CHARS = {b: c for b, c in enumerate(_byte_chars())}  # str.translate table over latin-1 decoded bytes
+_BYTE_CHARS = dict(enumerate(_byte_chars()))  # str.translate table over latin-1 decoded bytes
 
 
 class FastByteLevelBPE:
@@ -82,7 +82,6 @@ class FastByteLevelBPE:
         self.backend, self.model = backend, backend.model
         self.max_entries = max_entries or MAX_ENTRIES[lengths]
         self.typecode, self.lengths = _TYPECODE[itemsize], lengths
-        self.added = added
         # Longest first, so that at each position the longest added token wins, as tokenizers' matcher does.
         names = sorted(added, key=len, reverse=True)
         self.added_re = regex.compile("(" + "|".join(regex.escape(n) for n in names) + ")") if names else None
@@ -310,7 +309,7 @@ def split_patterns(corrected: bool = True) -> tuple[str, str]:
     import tokenizers
 
     if not corrected:
-        return r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""", r"\s "
+        return _split_pattern(r"\p{L}", r"\p{N}", r"\s"), r"\s "
 
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minimind-studio"
     path = folder / f"bytelevel-classes-tokenizers-{tokenizers.__version__}-regex-{regex.__version__}.json"
@@ -325,11 +324,11 @@ def split_patterns(corrected: bool = True) -> tuple[str, str]:
             write_text_atomic(path, json.dumps(fixes))
         except OSError:
             pass  # a read-only home: computed again next time
-    letter, number, space = _class(r"\p{L}", fixes["L"]), _class(r"\p{N}", fixes["N"]), _class(r"\s", fixes["S"])
-    other = f"[^{space}{letter}{number}]"
-    split = (f"(?V1)'s|'t|'re|'ve|'m|'ll|'d| ?{letter}+| ?{number}+| ?{other}+|{space}+(?!{_negate(space)})|{space}+")
-    return split, f"(?V1){space} "
+    space = _class(r"\s", fixes["S"])
+    return "(?V1)" + _split_pattern(_class(r"\p{L}", fixes["L"]), _class(r"\p{N}", fixes["N"]), space), f"(?V1){space} "
 
 
-def _negate(expr: str) -> str:
-    return f"[^{expr}]"
+def _split_pattern(letter: str, number: str, space: str) -> str:
+    """GPT-2's pre-tokenizer regex over the given letter / number / whitespace classes."""
+    return (f"'s|'t|'re|'ve|'m|'ll|'d| ?{letter}+| ?{number}+| ?[^{space}{letter}{number}]+"
+            f"|{space}+(?![^{space}])|{space}+")

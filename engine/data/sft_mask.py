@@ -11,7 +11,7 @@ rendering stops agreeing with the generation prompt (minimind's template prompts
 `<think>` block, so a turn without reasoning starts learning after it, one with reasoning inside it) to
 its end-of-turn string. The token mask then comes from the tokenizer's character offsets
 (`encode_with_masks`), or on the cache build's fast path from the tokens' UTF-8 byte lengths
-(engine.data.cache_build), which mark the same tokens. A template
+(engine.data.batch_encode), which mark the same tokens. A template
 whose shape cannot be probed falls back to rendering every prefix of the conversation (slow, but it
 needs nothing from the template except stable prefixes).
 """
@@ -170,7 +170,8 @@ class SpanFinder:
 
 
 def mask_from_offsets(offsets: np.ndarray, spans: list[Span]) -> np.ndarray:
-    """uint8 mask: 1 for tokens whose (non-empty) character span lies inside one of `spans`."""
+    """uint8 mask: 1 for tokens whose (non-empty) character span lies inside one of `spans`. (The cache build's
+    fast path marks the same tokens from byte lengths: engine.data.batch_encode._mask.)"""
     mask = np.zeros(len(offsets), dtype=np.uint8)
     if len(offsets):
         starts, ends = offsets[:, 0], offsets[:, 1]

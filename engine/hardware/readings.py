@@ -65,4 +65,3 @@ def process_rss_mb() -> float:
         return psutil.Process(os.getpid()).memory_info().rss / (1024 * 1024)
     except ImportError:  # pragma: no cover - psutil is a dependency
         return 0.0
-
