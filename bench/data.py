@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from bench.train import ROOT, publish
+from engine.hardware.process_memory import peak_rss_mb  # VmHWM, not ru_maxrss (which holds the parent's)
 
 DATASET = ROOT / "dataset"
 _PART = re.compile(r"([A-Za-z]{4,}|\d+)")  # the pieces a perturbation may replace: long words, numbers
@@ -118,12 +119,6 @@ def write_sft(path: Path, target_bytes: int, seed: int) -> int:
 # Phases (each one in its own process)
 
 
-def _peak_rss_mb() -> float:
-    from engine.hardware.process_memory import peak_rss_mb
-
-    return peak_rss_mb()  # VmHWM: ru_maxrss would include this process's parent (Linux keeps it across exec)
-
-
 def phase_tokenizer(work: Path, vocab: int) -> dict:
     """train_tokenizer as a run calls it. Besides the process peak (which includes importing transformers
     to save and check the result), RSS is sampled while BPE trains, up to that first transformers call."""
@@ -158,7 +153,7 @@ def phase_tokenizer(work: Path, vocab: int) -> dict:
     mib = 1024 * 1024
     return {"seconds": seconds, "bpe_seconds": report.train_seconds, "lines": report.train_lines,
             "chars": report.train_chars, "vocab": report.vocab_size, "chars_per_token": report.chars_per_token,
-            "rss_before_mb": before / mib, "bpe_peak_rss_mb": bpe_peak[0] / mib, "peak_rss_mb": _peak_rss_mb()}
+            "rss_before_mb": before / mib, "bpe_peak_rss_mb": bpe_peak[0] / mib, "peak_rss_mb": peak_rss_mb()}
 
 
 def phase_cache(work: Path, kind: str) -> dict:
@@ -171,7 +166,7 @@ def phase_cache(work: Path, kind: str) -> dict:
 
     load_tokenizer(work / "tokenizer")
     imports = time.perf_counter() - started
-    setup_rss = _peak_rss_mb()
+    setup_rss = peak_rss_mb()
     source = work / f"{kind}.jsonl"
     started = time.perf_counter()
     cache = build_token_cache(source, work / "tokenizer", kind, work / "cache")  # type: ignore[arg-type]
@@ -183,7 +178,7 @@ def phase_cache(work: Path, kind: str) -> dict:
     assert again.from_cache and again.n_tokens == cache.n_tokens
     return {"kind": kind, "bytes": source.stat().st_size, "docs": cache.n_docs, "tokens": cache.n_tokens,
             "loss_tokens": cache.meta.get("n_loss_tokens"), "seconds": cold, "import_s": imports, "hit_same_process_s": warm,
-            "setup_peak_rss_mb": setup_rss, "peak_rss_mb": _peak_rss_mb()}
+            "setup_peak_rss_mb": setup_rss, "peak_rss_mb": peak_rss_mb()}
 
 
 def phase_hit(work: Path) -> dict:
@@ -196,7 +191,7 @@ def phase_hit(work: Path) -> dict:
         cache = build_token_cache(work / f"{kind}.jsonl", work / "tokenizer", kind, work / "cache")  # type: ignore[arg-type]
         out[kind] = time.perf_counter() - started
         assert cache.from_cache, f"{kind}: a later run rebuilt the cache"
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 

@@ -16,6 +16,7 @@ the largest worker's (each worker holds a batch, the tokenizer and its bounded e
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -233,7 +234,9 @@ def main() -> int:
         files = {"pretrain": ("pretrain", "tokenizer"), "sft": ("sft", "tokenizer"), "pretrain-zh": ("pretrain", "tokenizer-zh")}
         for name in files:  # a tenth of each file, cut at a line end, for the RSS-in-size rows
             with open(work / f"{name}.jsonl", "rb") as src, open(work / f"{name}-tenth.jsonl", "wb") as out:
-                out.writelines(line for _, line in zip(range(sum(1 for _ in open(work / f"{name}.jsonl", "rb")) // 10), src))
+                n_lines = sum(1 for _ in src)
+                src.seek(0)
+                out.writelines(itertools.islice(src, n_lines // 10))
         shares = {name: cjk_share(work / f"{name}.jsonl") for name in files}
         from engine.data.tokenizer import train_tokenizer
 
