@@ -31,7 +31,8 @@ def main() -> int:
     from engine.data.tokenizer import train_tokenizer
     from engine.events import EventLog, StepEvent
     from engine.model.transformer import CausalLM
-    from engine.runs.pipeline import _status_listener
+    from engine.runs.pipeline import status_listener
+    from engine.runs.run import Run
     from engine.runs.run_dir import create_run
 
     preset = load_preset(ROOT / SHAPES[args.shape][0])
@@ -39,7 +40,7 @@ def main() -> int:
         tmp_path = Path(tmp)
         preset.out_dir = str(tmp_path / "runs")
         run_dir = create_run(preset)
-        log = EventLog(run_dir / "events.jsonl", [_status_listener(run_dir)])
+        log = EventLog(run_dir / "events.jsonl", [status_listener(Run(run_dir))])
         event = {"stage": "pretrain", "total_steps": 10_000, "loss": 3.21, "lr": 4e-4, "grad_norm": 0.8,
                  "tokens_per_s": 12345.6, "samples_per_s": 36.3, "mfu": 0.41, "eta_s": 3600.0, "tokens_seen": 1, "epoch": 0.1,
                  "rss_mb": 1234.5}

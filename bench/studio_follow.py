@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,13 +48,15 @@ TOTAL_MEM_MB = 81559.0  # an 80 GB card
 def make_run(runs_dir: Path, n_steps: int) -> Path:
     """A live run as the engine leaves it mid-pretrain; this process plays the run's pid."""
     from engine.config import load_preset
-    from engine.runs.run_dir import create_run, process_start_time, write_status
+    from engine.runs.run import Run
+    from engine.runs.run_dir import create_run
 
     preset = load_preset(PRESET, [f"pretrain.max_steps={n_steps * 2}", "pretrain.log_interval=1"])
     preset.out_dir = str(runs_dir)
     run_dir = create_run(preset)
-    write_status(run_dir, state="running", stage="pretrain", pid=os.getpid(), pid_started_at=process_start_time(os.getpid()),
-                 host=socket.gethostname(), step=n_steps, total_steps=n_steps * 2, loss=2.5, stages_done=["tokenizer"])
+    run = Run(run_dir)
+    run.claim()  # this process plays the run's pid
+    run.start(stage="pretrain", step=n_steps, total_steps=n_steps * 2, loss=2.5, stages_done=["tokenizer"])
     return run_dir
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,6 +35,20 @@ else:  # pragma: no cover - exercised only on 3.10
 StageName = Literal["tokenizer", "pretrain", "sft"]
 STAGE_ORDER: tuple[StageName, ...] = ("tokenizer", "pretrain", "sft")
 TRAIN_STAGES: tuple[StageName, ...] = ("pretrain", "sft")
+# Stages defined outside this file (engine.stages.register with a section): name -> the model of its [name]
+# section. They run after the built-in stages, in the order they were registered.
+EXTRA_SECTIONS: dict[str, type[BaseModel]] = {}
+
+
+def register_stage_section(name: str, section: type[BaseModel]) -> None:
+    """Let presets name stage `name` in `stages` and carry a `[name]` section validated by `section`."""
+    if name in STAGE_ORDER or name in Preset.model_fields:
+        raise ValueError(f"{name!r} is a built-in stage or preset field")
+    EXTRA_SECTIONS[name] = section
+
+
+def stage_order() -> tuple[str, ...]:
+    return (*STAGE_ORDER, *EXTRA_SECTIONS)
 
 # The folder that holds presets/ and dataset/; relative paths fall back to it so the built-in
 # presets work from any working directory.
@@ -294,7 +309,7 @@ class Preset(_Section):
     """Short name used in run ids (letters, digits, . _ -)."""
     description: str = ""
     """One line shown in the studio's preset list."""
-    stages: list[StageName] = Field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[str] = Field(default_factory=lambda: [str(name) for name in STAGE_ORDER])
     """Stages to run, in order: any of tokenizer, pretrain, sft."""
     seed: int = 42
     """Seed for initialisation, data order and dropout."""
@@ -314,13 +329,24 @@ class Preset(_Section):
     """Stage 3 settings."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """Experiment tracking."""
+    _extra_sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)  # [name] of registered stages
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: list[str]) -> list[str]:
+        order = stage_order()
+        unknown = [s for s in stages if s not in order]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(map(repr, unknown))}; stages are {', '.join(order)}")
+        return stages
 
     @model_validator(mode="after")
     def _check_stages(self) -> Preset:
+        order = stage_order()
         if not self.stages:
             raise ValueError("stages is empty; list at least one of tokenizer, pretrain, sft")
-        if len(set(self.stages)) != len(self.stages) or self.stages != sorted(self.stages, key=STAGE_ORDER.index):
-            raise ValueError(f"stages {self.stages} must be distinct and in the order tokenizer, pretrain, sft")
+        if len(set(self.stages)) != len(self.stages) or self.stages != sorted(self.stages, key=order.index):
+            raise ValueError(f"stages {self.stages} must be distinct and in the order {', '.join(order)}")
         first_train = next((s for s in self.stages if s in TRAIN_STAGES), None)
         has_tokenizer = "tokenizer" in self.stages or self.tokenizer.from_dir
         if first_train and not has_tokenizer and not self.stage(first_train).from_weight:
@@ -332,10 +358,19 @@ class Preset(_Section):
             raise ValueError("an SFT-only preset needs sft.from_weight (a pretrain checkpoint, a run dir or 'latest')")
         return self
 
-    def stage(self, name: StageName) -> TrainStage:
+    def stage(self, name: str) -> TrainStage:
+        """The section of a training stage (pretrain, sft)."""
         if name not in TRAIN_STAGES:
             raise KeyError(name)
         return getattr(self, name)
+
+    def section(self, name: str) -> BaseModel:
+        """The `[name]` section of any stage, built-in or registered (its defaults when the file has none)."""
+        if name in STAGE_ORDER:
+            return getattr(self, name)
+        if name not in self._extra_sections:
+            self._extra_sections[name] = EXTRA_SECTIONS[name]()
+        return self._extra_sections[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,10 +438,18 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
 
 
 def preset_from_dict(data: dict[str, Any], source: str = "preset") -> Preset:
+    # Registered stages' sections are validated by their own models; everything else by Preset (typos caught).
+    extra = {name: data.pop(name) for name in list(data) if name in EXTRA_SECTIONS}
     try:
-        return Preset.model_validate(data)
+        preset = Preset.model_validate(data)
     except ValidationError as error:
         raise PresetError(describe_validation_error(error, source)) from None
+    for name, value in extra.items():
+        try:
+            preset._extra_sections[name] = EXTRA_SECTIONS[name].model_validate(value)
+        except ValidationError as error:
+            raise PresetError(describe_validation_error(error, f"{source} [{name}]")) from None
+    return preset
 
 
 def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
@@ -433,7 +476,9 @@ def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
 def preset_to_toml(preset: Preset) -> str:
     import tomli_w
 
-    return tomli_w.dumps(preset.model_dump(mode="json", exclude_none=True))
+    data = preset.model_dump(mode="json", exclude_none=True)
+    data.update({name: section.model_dump(mode="json", exclude_none=True) for name, section in preset._extra_sections.items()})
+    return tomli_w.dumps(data)
 
 
 def save_preset(preset: Preset, path: str | Path) -> None:

@@ -9,12 +9,21 @@ The subclasses say which kind of thing is wrong, so a caller can react to a kind
 cannot be used falls back to the previous one; a busy run is refused, not failed):
 
     EngineError
-      PresetError       a preset file, a `--set` override or a field's value
-      DataError         a data file: missing, unreadable, a bad line (file:line), too little data
-      CheckpointError   a checkpoint or model directory that cannot be found or used
-      ResourceError     the machine: a device or dtype it lacks, memory, a locked or missing run
-        DiskFull        no space left (or a quota reached) where the engine was writing (engine.disk_full)
-      TrainingError     training itself: a loss that became NaN/inf
+      PresetError         a preset file, a `--set` override or a field's value
+      DataError           a data file: missing, unreadable, a bad line (file:line), too little data
+        ToolSpecError     a chat tools file (JSON function specs) that cannot be used
+      CheckpointError     a checkpoint or model directory that cannot be found or used
+        ExportError       a checkpoint that cannot be written in, or read from, Hugging Face / GGUF format
+      ResourceError       the machine: a device or dtype it lacks, memory, a locked or missing run
+        DiskFull          no space left (or a quota reached) where the engine was writing (engine.disk_full)
+        DeviceError       a device or dtype this machine cannot provide
+        RunBusy           a run directory locked by a live process (running, being started or deleted)
+      RunStateError       a change of a run's state that its state machine does not allow (a bug or a hand edit)
+      TrainingError       training itself
+        NonFiniteLoss     the loss became NaN/inf
+      ToolResultError     a chat tool result that cannot be taken (no call waiting, an unreadable file)
+
+Every error class of the engine is defined here, so this tree is the whole list.
 """
 
 from __future__ import annotations
@@ -49,3 +58,31 @@ class DiskFull(ResourceError):
 
 class TrainingError(EngineError):
     """Training cannot go on (e.g. the loss became NaN/inf); the message carries the step and advice."""
+
+
+class ToolSpecError(DataError):
+    """A tools file that cannot be used; the message is one line naming the file."""
+
+
+class ExportError(CheckpointError):
+    """A checkpoint that cannot be written in, or read from, Hugging Face format."""
+
+
+class DeviceError(ResourceError):
+    """A device or dtype the machine cannot provide; the message says what to use instead."""
+
+
+class RunBusy(ResourceError):
+    """The run directory is locked by a live process."""
+
+
+class RunStateError(EngineError):
+    """A state change status.json's state machine does not allow (engine.runs.run.TRANSITIONS)."""
+
+
+class NonFiniteLoss(TrainingError):
+    """The loss became NaN/inf; the message carries the step and advice."""
+
+
+class ToolResultError(EngineError):
+    """A tool result the chat cannot take (no call waiting for one, an unreadable file); one line."""

@@ -57,7 +57,7 @@ class StudioApp(App[None]):
         self.followed: list[Path] = []  # runs the monitor shows; kept here so a lazily mounted monitor finds them
 
     def compose(self) -> ComposeResult:
-        from engine.runs.run_dir import list_runs
+        from engine.api.runs import list_runs
 
         initial = "runs" if list_runs(self.runs_dir) else "presets"
         with TabbedContent(initial=initial, id="tabs"):
@@ -67,7 +67,7 @@ class StudioApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        from engine.runs.run_dir import list_runs
+        from engine.api.runs import list_runs
 
         if self.offer_tiny and not list_runs(self.runs_dir):
             self.push_screen(

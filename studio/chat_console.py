@@ -3,7 +3,7 @@ only dispatches; the Chat tab runs the same commands).
 
 Reasoning is printed dim on its own lines, apart from the answer; a tool call as `tool call: name(args)`.
 Pieces are printed as they stream: the parser releases text as soon as no tag can still be forming.
-Everything printed that came from the model, a tool result or a tools file goes through engine.chat.inert
+Everything printed that came from the model, a tool result or a tools file goes through studio.inert
 (control characters and escape sequences shown as visible stand-ins, never acting on the terminal) and is
 printed as text, never read as Rich markup.
 """
@@ -16,16 +16,9 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.markup import escape
 
-from engine.chat.inert import inert
-from engine.chat.reply import (
-    ReplyParser,
-    ReplyStream,
-    ToolCall,
-    ToolResultError,
-    ToolSpecError,
-    read_tool_result,
-    read_tool_specs,
-)
+from engine.api.chat import ReplyParser, ReplyStream, ToolCall, read_tool_result, read_tool_specs
+from engine.errors import ToolResultError, ToolSpecError
+from studio.inert import inert
 
 
 def print_reply(console: Console, pieces: Iterable[str]) -> ReplyParser:

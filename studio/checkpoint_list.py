@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.runs.run_dir import list_runs
+from engine.api.runs import list_runs
 
 STAGE_ORDER = ("sft", "pretrain")  # chat-ready checkpoints first
 

@@ -9,133 +9,71 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
-from engine.chat.inert import inert
-from engine.errors import EngineError
-from engine.runs.state import RunState
+from engine.api import Run, RunState
+from studio.inert import inert
 
 console = Console()
 err_console = Console(stderr=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from engine.api import runs
     from engine.config import load_preset
     from engine.errors import PresetError
-    from engine.runs.pipeline import preflight
-    from engine.runs.run_dir import create_run, latest_run_of
 
     overrides = list(args.set or []) + world_overrides(args)
     if args.stage:
         overrides.append(f'stages=["{args.stage}"]')
     preset = load_preset(args.preset, overrides)
-    preflight(preset, str(args.preset))
+    runs.check(preset, str(args.preset))
     if args.resume and world_overrides(args):
         raise PresetError("run --resume continues a run as it was frozen; to resume it on another number of "
                           "processes use: minimind-studio resume RUN --nproc-per-node N")
     if args.resume:
-        run_dir = latest_run_of(preset.name, preset.out_dir)
-        if run_dir is None:
-            err_console.print(f"[red]error:[/] no earlier run of preset {preset.name!r} under {preset.out_dir} to resume")
-            return 2
+        run, _ = runs.reserve_resume(runs.resume_preset(preset))
     else:
-        run_dir = create_run(preset)
-    return _execute(run_dir, resume=args.resume, detach=args.detach)
-
-
-def _execute(run_dir: Path, resume: bool, detach: bool, prepare: Callable[[], None] | None = None) -> int:
-    """Run (or resume) a prepared run directory, detached or in the foreground with a progress display.
-    `prepare` runs once a resume has reserved the run (nothing else can start it meanwhile)."""
-    from engine.events import plain_log_listener
-    from engine.runs.manage import reserve_start
-    from engine.runs.run_dir import launch_detached
-
-    verb = "resuming" if resume else "run"
-    if resume:  # refuse now, in the user's terminal (before importing torch), a run that is live or being started
-        reserve_start(run_dir)
-    if prepare is not None:
-        prepare()
-    if detach:
-        pid = launch_detached(run_dir, resume=resume)
-        console.print(f"{verb} [bold]{run_dir.name}[/] detached (pid {pid}); output in {run_dir / 'train.log'}")
-        console.print(f"watch: minimind-studio logs -f {run_dir.name}    stop: minimind-studio stop {run_dir.name}")
-        print(run_dir.name, file=sys.stderr if sys.stdout.isatty() else sys.stdout)
-        return 0
-    from engine.runs.pipeline import run_pipeline
-    from studio.progress import RunProgress, summary_table
-
-    console.print(f"{verb} [bold]{run_dir.name}[/] in {run_dir.parent}")
-    if _world_of(run_dir) > 1:
-        return _execute_distributed(run_dir, resume)
-    with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
-        result = run_pipeline(run_dir, resume=resume, listeners=[progress, plain_log_listener(log)])
-    console.print(summary_table(result))
-    _print_next_step(run_dir, result.state)
-    return 0
-
-
-def _print_next_step(run_dir: Path, state: RunState) -> None:
-    """After a foreground run: how to continue a stopped one, where a finished one's outputs are."""
-    if state == RunState.STOPPED:
-        console.print(f"stopped cleanly; continue with: minimind-studio resume {run_dir.name}")
-    elif state == RunState.FINISHED:
-        console.print(f"outputs in {run_dir}\nchat with it: [bold]minimind-studio chat {run_dir}[/]")
-
-
-def _world_of(run_dir: Path) -> int:
-    from engine.config import load_preset
-    from engine.runs.launch import world_size
-
-    return world_size(load_preset(run_dir / "preset.toml"))
-
-
-def _execute_distributed(run_dir: Path, resume: bool) -> int:
-    """A foreground run of several processes: torchrun under the supervisor, its output in train.log, the
-    progress display fed from the events rank 0 writes. Ctrl-C asks every rank to stop after the same step."""
-    import threading
-
-    from engine.runs.launch import Supervisor, follow_events
-    from engine.runs.run_dir import read_status
-    from studio.progress import RunProgress
-
-    done = threading.Event()
-    with open(run_dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
-        follower = follow_events(run_dir, [progress], done)
-        try:
-            state = Supervisor(run_dir, output=log).run(resume=resume)
-        finally:
-            done.set()
-            follower.join()
-    status = read_status(run_dir)
-    console.print(f"run {run_dir.name}: {state} ({status.get('exit_reason') or ''})")
-    _print_next_step(run_dir, state)
-    return 0 if state != RunState.FAILED else 1
+        run = runs.new_run(preset)
+    return _execute(run, resume=args.resume, detach=args.detach)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from engine.runs.run_dir import find_run
+    from engine.api import runs
 
-    run_dir = find_run(args.run, args.out_dir)
-    if not world_overrides(args):
-        return _execute(run_dir, resume=True, detach=args.detach)
-    from engine.config import load_preset, save_preset
-    from engine.runs.launch import keep_global_batch
+    # Refused now, in the user's terminal (before torch is imported), when the run is live or being started.
+    run, notes = runs.reserve_resume(runs.find_run(args.run, args.out_dir), world_overrides(args))
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
+    return _execute(run, resume=True, detach=args.detach)
 
-    # Resuming on another number of processes or nodes: the frozen preset says how the run goes on, with the
-    # accumulation that keeps each step's global batch. Checked now; written once the run is reserved.
-    frozen = load_preset(run_dir / "preset.toml")
-    preset, notes = keep_global_batch(frozen, load_preset(run_dir / "preset.toml", world_overrides(args)))
 
-    def change_world() -> None:
-        for note in notes:
-            console.print(note, highlight=False, markup=False)
-        save_preset(preset, run_dir / "preset.toml")
+def _execute(run: Run, resume: bool, detach: bool) -> int:
+    """Run (or resume) a prepared run, detached or in the foreground with a progress display."""
+    from engine.api import runs
 
-    return _execute(run_dir, resume=True, detach=args.detach, prepare=change_world)
+    verb = "resuming" if resume else "run"
+    if detach:
+        pid = runs.detach(run, resume=resume)
+        console.print(f"{verb} [bold]{run.name}[/] detached (pid {pid}); output in {run.dir / 'train.log'}")
+        console.print(f"watch: minimind-studio logs -f {run.name}    stop: minimind-studio stop {run.name}")
+        print(run.name, file=sys.stderr if sys.stdout.isatty() else sys.stdout)
+        return 0
+    from studio.progress import RunProgress
+
+    console.print(f"{verb} [bold]{run.name}[/] in {run.dir.parent}")
+    with open(run.dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
+        state = runs.execute(run, resume=resume, log=log, display=[progress])
+    status = run.status()
+    console.print(progress.summary(run.name, state, status.get("exit_reason")))
+    if state == RunState.STOPPED:
+        console.print(f"stopped cleanly; continue with: minimind-studio resume {run.name}")
+    elif state == RunState.FINISHED:
+        console.print(f"outputs in {run.dir}\nchat with it: [bold]minimind-studio chat {run.dir}[/]")
+    return 0 if state != RunState.FAILED else 1
 
 
 def world_overrides(args: argparse.Namespace) -> list[str]:
@@ -156,27 +94,16 @@ def add_world_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from engine.runs.run_dir import effective_state, find_run, read_status, request_stop
+    from engine.api import runs
 
-    run_dir = find_run(args.run, args.out_dir)
-    state = effective_state(read_status(run_dir))
-    if not state.live:
-        console.print(f"{run_dir.name} is not running ({state}); nothing to stop")
-        return 0
-    if state == RunState.STOPPING:
-        console.print(f"{run_dir.name} is already stopping: it writes a checkpoint and exits")
-        return 0
-    request_stop(run_dir)
-    console.print(f"asked {run_dir.name} to stop: it finishes the current step, writes a checkpoint and exits. "
-                  f"Resume later with: minimind-studio resume {run_dir.name}")
+    console.print(runs.stop(runs.find_run(args.run, args.out_dir)).message)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from engine.runs.manage import delete_run
-    from engine.runs.run_dir import find_run
+    from engine.api import runs
 
-    run_dir = find_run(args.run, args.out_dir)
+    run_dir = runs.find_run(args.run, args.out_dir)
     if not args.yes:
         try:
             answer = console.input(f"delete {run_dir} with its checkpoints and logs? This cannot be undone. [y/N] ")
@@ -185,16 +112,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             console.print("not deleted")
             return 1
-    delete_run(run_dir)
+    runs.delete(run_dir)
     console.print(f"deleted {run_dir.name}")
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine.runs.run_dir import list_runs, summarize
+    from engine.api import runs
     from studio.runs_table import runs_table
 
-    summaries = [summarize(run_dir) for run_dir in list_runs(args.out_dir)]
+    summaries = runs.runs(args.out_dir)
     if not summaries:
         console.print(f"no runs under {args.out_dir} yet; start one with: minimind-studio run tiny")
         return 0
@@ -203,10 +130,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from engine.runs.run_dir import find_run
+    from engine.api import runs
     from studio.logs_view import show_logs
 
-    show_logs(find_run(args.run, args.out_dir), follow=args.follow, console=console)
+    show_logs(runs.find_run(args.run, args.out_dir), follow=args.follow, console=console)
     return 0
 
 
@@ -219,13 +146,11 @@ CHAT_HELP = ("commands: /clear (forget the conversation), /system TEXT (set the 
 def cmd_chat(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from engine.chat.reply import read_tool_specs
-    from engine.chat.session import ChatSession
-    from engine.model.generate import Sampling
+    from engine.api.chat import Sampling, open_chat, read_tool_specs
     from studio.chat_console import chat_turn, print_note, print_tools_command, result_command, think_command
 
     tools = read_tool_specs(args.tools) if args.tools else None  # a bad file fails before the slow model load
-    session = ChatSession.open(args.checkpoint, args.out_dir, device=args.device, system_prompt=args.system, tools=tools)
+    session = open_chat(args.checkpoint, args.out_dir, device=args.device, system_prompt=args.system, tools=tools)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed)
     ckpt = session.checkpoint
@@ -268,19 +193,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.checkpoints.lookup import resolve_checkpoint
-    from studio import exporter
+    from engine.api.export import export
 
-    dtype = exporter.check_dtype(args.format, args.dtype)
-    ckpt = resolve_checkpoint(args.checkpoint, args.out_dir)
-    out = exporter.write(ckpt, args.format, dtype, Path(args.dir))
-    console.print(f"exported {ckpt.path} (step {ckpt.step}) to [bold]{out}[/] ({dtype}, {exporter.mib(out)}): "
-                  f"{exporter.how_to_use(args.format, out, exporter.ollama_name(out.parent))}", highlight=False)
+    done = export(args.checkpoint, args.format, args.dtype, Path(args.dir), args.out_dir)
+    console.print(f"exported {done.source} (step {done.step}) to [bold]{done.written}[/] ({done.dtype}, {done.size}): "
+                  f"{done.how_to_use}", highlight=False)
     return 0
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
-    from engine.data.sample import sample_jsonl
+    from engine.api.data import sample_jsonl
 
     report = sample_jsonl(Path(args.input), Path(args.output), args.target_mb, args.seed)
     mib = 1024 * 1024
@@ -290,40 +212,22 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    from engine.api.estimate import detect_target, estimate, parse_bytes
     from engine.config import load_preset
-    from engine.hardware.estimate import data_size, estimate_stage, parse_bytes
-    from engine.train.calibrate import calibrate, detect_target
-    from studio.estimate_view import estimate_renderable, estimate_title
+    from studio.estimate_view import estimate_renderable
 
     preset = load_preset(args.preset, list(args.set or []) + world_overrides(args))
     gpu_mem = parse_bytes(args.gpu_mem) if args.gpu_mem else None
     target = detect_target(preset, device=args.device, gpu_name=args.gpu, gpu_mem_bytes=gpu_mem, dtype=args.dtype)
-    stages = [s for s in preset.stages if s != "tokenizer" and (args.stage is None or s == args.stage)]
-    estimates, measured = [], {}
-    for stage in stages:
-        throughput, source = None, None
-        if args.calibrate:
-            if target.device == "cuda" and not _cuda_here():
-                raise EngineError("--calibrate measures on this machine, which has no CUDA GPU; drop --gpu/--gpu-mem")
-            console.print(f"calibrating {stage}: {args.calibrate_steps} real training steps ...")
-            result = calibrate(preset, stage, target, steps=args.calibrate_steps)
-            throughput = result.tokens_per_s
-            source = f"measured over {result.steps} {'compiled' if result.compiled else 'eager'} steps"
-            measured[stage] = result.tensor_peak_bytes
-        estimates.append(estimate_stage(preset, stage, target, data_bytes=data_size(preset, stage),
-                                        tokens_per_s=throughput, throughput_source=source))
-    title = estimate_title(preset)
-    console.print(estimate_renderable(title, target, estimates, measured))
-    return 0 if all(e.fits is not False for e in estimates) else 1
-
-
-def _cuda_here() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    result = estimate(preset, target, stage=args.stage, calibrate=args.calibrate, calibrate_steps=args.calibrate_steps,
+                      on_calibrate=lambda stage, steps: console.print(f"calibrating {stage}: {steps} real training steps ..."))
+    console.print(estimate_renderable(result.title, result.target, result.stages, result.measured))
+    return 0 if result.fits is not False else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.api.export import FORMATS, dtype_help
+
     parser = argparse.ArgumentParser(
         prog="minimind-studio",
         description="Train small Llama-style LLMs from scratch: tokenizer -> pretrain -> SFT -> chat.",
@@ -397,9 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a checkpoint in Hugging Face format, or as GGUF for llama.cpp / Ollama")
     export.add_argument("checkpoint", help="a run dir or id, a checkpoint dir, or an exported HF dir")
     export.add_argument("dir", help="output directory")
-    export.add_argument("--format", choices=["hf", "gguf"], default="hf",
+    export.add_argument("--format", choices=list(FORMATS), default="hf",
                         help="hf: a transformers model directory; gguf: model.gguf + an Ollama Modelfile")
-    export.add_argument("--dtype", help="hf: float32 (default), bfloat16, float16; gguf: f32, f16 (default), bf16, q8_0")
+    export.add_argument("--dtype", help=dtype_help())
     export.add_argument("--out-dir", default="runs", help="where run ids are looked up")
     export.set_defaults(handler=cmd_export)
 
@@ -429,16 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted")
         return 130
     except Exception as error:
-        from engine.disk_full import disk_full_error
-        from engine.errors import USER_ERROR_EXIT, EngineError
+        from engine.api.errors import user_error
+        from engine.errors import USER_ERROR_EXIT
 
         # Only the engine's own errors are written for the user, and a full disk: what to free, also where it struck
         # outside a run or struck again as a log was closed. Anything else is a bug and keeps its traceback.
-        error = disk_full_error(error) or error
-        if not isinstance(error, EngineError) or os.environ.get("MINIMIND_DEBUG"):
+        shown = user_error(error)
+        if shown is None or os.environ.get("MINIMIND_DEBUG"):
             raise
         # Text, not markup: a message naming `[pretrain]` or a path with brackets prints as written.
-        err_console.print(f"[red]error:[/] {escape(inert(str(error)))}", highlight=False)
+        err_console.print(f"[red]error:[/] {escape(inert(str(shown)))}", highlight=False)
         return USER_ERROR_EXIT
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.text import Text
 
-from engine.runs.state import RunState
+from engine.api import RunState
 
 MISSING = "-"  # a value not known yet; a plain dash keeps the runs table's columns narrow at 80x24
 

@@ -1,5 +1,5 @@
 """Rich rendering of a pre-flight estimate, shared by `minimind-studio estimate` and the studio's launch
-preview. Pure formatting: the numbers come from engine/hardware/estimate.py (and engine/train/calibrate.py)."""
+preview. Pure formatting: the numbers come from engine.api.estimate."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from engine.config import Preset
-from engine.hardware.estimate import StageEstimate, Target, device_peak
-from engine.hardware.flops import count_parameters, flops_per_token
+from engine.api.estimate import StageEstimate, Target, device_peak
 
 
 def human_bytes(count: float) -> str:
@@ -27,15 +25,6 @@ def human_seconds(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
-
-
-def estimate_title(preset: Preset) -> str:
-    """'tiny: 1.9M parameters, 14 MFLOP per training token' (active parameters too for MoE)."""
-    total, active = count_parameters(preset.model)
-    stages = [stage for stage in preset.stages if stage != "tokenizer"]
-    seq = preset.stage(stages[0]).max_seq_len if stages else 512
-    params = f"{total / 1e6:,.1f}M parameters" + (f" ({active / 1e6:,.1f}M active)" if active != total else "")
-    return f"{preset.name}: {params}, {flops_per_token(preset.model, seq) / 1e6:,.0f} MFLOP per training token"
 
 
 def target_line(target: Target) -> str:

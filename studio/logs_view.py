@@ -18,8 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from engine.api.runs import effective_state, read_status
 from engine.events import EvalEvent, StepEvent, format_event, mfu_text, read_events
-from engine.runs.run_dir import effective_state, read_status
 from studio.display import num, state_style, state_text, text_or_missing
 
 SPARK = "▁▂▃▄▅▆▇█"

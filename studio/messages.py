@@ -12,17 +12,16 @@ from typing import TYPE_CHECKING, Literal
 
 from textual.message import Message
 
-from engine.runs.run_dir import RunSummary
+from engine.api import RunSummary
 from studio.run_watch import RunSnapshot
 
 if TYPE_CHECKING:  # payload types only: these modules (or what they import) are not needed to post a message
     from transformers import PreTrainedTokenizerBase
 
-    from engine.data.sample import SampleReport
-    from studio.data_scan import DataReport, LengthStats
+    from engine.api.data import DataReport, LengthStats, SampleReport
+    from engine.api.estimate import Estimate
     from studio.errors import ShownError
     from studio.exporter import ExportRequest, ExportResult
-    from studio.launcher import LaunchEstimate
 
 
 @dataclass
@@ -65,7 +64,7 @@ class LaunchFailed(Message):
 class EstimateReady(Message):
     """The pre-flight estimate of the preset the launch dialog is asking about."""
 
-    estimate: LaunchEstimate
+    estimate: Estimate
 
 
 @dataclass

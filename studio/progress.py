@@ -18,6 +18,7 @@ from rich.table import Table
 
 from engine.events import (
     CacheProgressEvent,
+    CheckpointEvent,
     EvalEvent,
     Event,
     NoteEvent,
@@ -46,6 +47,10 @@ class RunProgress:
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
+        # What the summary table shows, gathered from the same events (one process or a torchrun job alike).
+        self.ended: dict[str, StageEndEvent] = {}
+        self.checkpoints: dict[str, str] = {}
+        self.heldout: dict[str, EvalEvent] = {}
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -56,6 +61,7 @@ class RunProgress:
 
     def __call__(self, event: Event) -> None:
         stage = event.stage or ""
+        self._remember(event)
         if isinstance(event, StageStartEvent):
             if stage != "tokenizer":
                 self.console.print(
@@ -93,24 +99,30 @@ class RunProgress:
             self.console.print(f"  {stage}: {event.message}")
 
 
-def summary_table(result: Any) -> Table:
-    table = Table(title=f"run {result.run_dir.name}: {result.state}")
-    for column in ("stage", "steps", "time", "final loss", "eval loss"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("output", overflow="fold")
-    for name, outcome in result.stages.items():
-        if outcome is None:
-            continue
-        if name == "tokenizer":
-            table.add_row(name, MISSING, f"{outcome['train_seconds']:.1f}s", MISSING, MISSING,
-                          f"vocab {outcome['vocab_size']}, {outcome['chars_per_token']:.2f} chars/token")
-            continue
-        output = str(outcome.checkpoint or MISSING)
-        heldout = outcome.extra.get("heldout")
-        if heldout:
-            output += f"\nheld-out exact match {heldout['accuracy']:.1%} ({heldout['correct']}/{heldout['total']})"
-        table.add_row(
-            name, f"{outcome.step}/{outcome.total_steps}", f"{outcome.seconds:.1f}s", num(outcome.final_loss, ".4f"),
-            num(outcome.eval_loss, ".4f"), output,
-        )
-    return table
+    def _remember(self, event: Event) -> None:
+        if isinstance(event, StageEndEvent):
+            self.ended[event.stage] = event
+        elif isinstance(event, CheckpointEvent):
+            self.checkpoints[event.stage] = event.path
+        elif isinstance(event, EvalEvent) and event.heldout_total:
+            self.heldout[event.stage] = event
+
+    def summary(self, run_id: str, state: str, reason: str | None = None) -> Table:
+        """The table printed when a foreground run ends: each stage that ended in this session."""
+        table = Table(title=f"run {run_id}: {state}" + (f" ({reason})" if reason and state != "finished" else ""))
+        for column in ("stage", "steps", "time", "final loss", "eval loss"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("output", overflow="fold")
+        for name, end in self.ended.items():
+            if end.vocab_size is not None:  # the tokenizer's report
+                table.add_row(name, MISSING, f"{num(end.train_seconds, '.1f')}s", MISSING, MISSING,
+                              f"vocab {end.vocab_size}, {num(end.chars_per_token, '.2f')} chars/token")
+                continue
+            output = self.checkpoints.get(name, MISSING)
+            heldout = self.heldout.get(name)
+            if heldout:
+                output += (f"\nheld-out exact match {num(heldout.heldout_accuracy, '.1%')} "
+                           f"({heldout.heldout_correct}/{heldout.heldout_total})")
+            table.add_row(name, f"{end.step}/{end.total_steps}", f"{num(end.seconds, '.1f')}s", num(end.loss, ".4f"),
+                          num(end.eval_loss, ".4f"), output)
+        return table

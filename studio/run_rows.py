@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.runs.run_dir import RunSummary, list_runs, summarize
-from engine.runs.state import RunState
+from engine.api import RunState
+from engine.api.runs import RunSummary, list_runs, summarize
 
 
 def scan_runs(runs_dir: Path) -> list[RunSummary]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.api import RunState
+from engine.api.runs import effective_state, read_status
 from engine.events import (
     CacheProgressEvent,
     EvalEvent,
@@ -33,8 +35,6 @@ from engine.events import (
     format_event,
     read_events,
 )
-from engine.runs.run_dir import effective_state, read_status
-from engine.runs.state import RunState
 from studio.logs_view import tail_lines
 from studio.series import Ema, Series
 

@@ -7,7 +7,7 @@ import time
 from rich.table import Table
 from rich.text import Text
 
-from engine.runs.run_dir import RunSummary
+from engine.api import RunSummary
 from studio.display import MISSING, num, state_text, text_or_missing
 
 COLUMNS = ("id", "preset", "stage", "step", "loss", "tok/s", "state", "age")

@@ -40,3 +40,19 @@ def test_config_is_light() -> None:
     """Guards against preset validation (used by the studio while typing) importing torch."""
     loaded = modules_after("import engine.config")
     assert "torch" not in loaded
+
+
+def test_the_engines_front_door_is_light() -> None:
+    """Guards against engine.api (what the studio imports at start-up) loading torch, transformers or the UI:
+    one eager import of a writer, a session or a trainer in any of its modules would make the studio take
+    seconds to open, and one of textual would tie the engine to the UI. Every module of the package counts,
+    so a new one is checked without editing this test."""
+    import pkgutil
+
+    import engine.api
+
+    names = [m.name for m in pkgutil.walk_packages(engine.api.__path__, "engine.api.")]
+    assert {"engine.api.estimate", "engine.api.export", "engine.api.chat", "engine.api.data"} <= set(names)
+    loaded = modules_after("\n".join(f"import {name}" for name in ["engine.api", *names]))
+    heavy = {m for m in loaded if m.split(".")[0] in ("torch", "transformers", "textual")}
+    assert not heavy, sorted(heavy)[:10]

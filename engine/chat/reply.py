@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.errors import DataError, EngineError
+from engine.errors import ToolResultError, ToolSpecError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -217,9 +217,6 @@ class ReplyStream:
         return ReplyParser(start=self.start)
 
 
-class ToolResultError(EngineError):
-    """A tool result the chat cannot take (no call waiting for one, an unreadable file); one line."""
-
 
 def read_tool_result(argument: str) -> str:
     """What `/result` gives: the text as typed, or `@FILE` for a file's contents (a JSON reply, say)."""
@@ -236,9 +233,6 @@ def read_tool_result(argument: str) -> str:
     except UnicodeDecodeError:
         raise ToolResultError(f"{path}: not UTF-8 text") from None
 
-
-class ToolSpecError(DataError):
-    """A tools file that cannot be used; the message is one line naming the file."""
 
 
 def read_tool_specs(path: str | Path) -> list[dict[str, Any]]:

@@ -25,13 +25,16 @@ from safetensors.torch import load_file
 
 from engine.atomic import fsync_dir, write_text_atomic
 from engine.checkpoints.checkpoint import Checkpoint
+from engine.checkpoints.formats import GGUF_DTYPES as GGUF_DTYPES  # re-exported: tests and bench read it here
+from engine.checkpoints.formats import check_dtype
 from engine.checkpoints.gguf_vocab import GgufVocab, add_vocab, modelfile, read_vocab
-from engine.checkpoints.hf_export import ExportError, generation_config, refuse_moe
+from engine.checkpoints.hf_export import generation_config, refuse_moe
 from engine.config import ModelConfig
+from engine.errors import ExportError
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 GGUF_FILE = "model.gguf"
+# Both maps are keyed by engine.checkpoints.formats.GGUF_DTYPES (the torch-free list the CLI and the studio offer).
 _MATRIX_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
                  "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": Q8_0}
 _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -155,8 +158,7 @@ def export_gguf(ckpt: Checkpoint, out_dir: Path, dtype: str = "f16", *, _permute
     `_permute_qk=False` exists only so a test can prove that the forward-pass check catches a file
     written without the rotary reordering; such a file is wrong for llama.cpp.
     """
-    if dtype not in GGUF_DTYPES:
-        raise ExportError(f"GGUF dtype {dtype!r} is not one of {', '.join(GGUF_DTYPES)}")
+    check_dtype("gguf", dtype)
     refuse_moe(ckpt)
     config = ckpt.model_config
     vocab: GgufVocab = read_vocab(ckpt.tokenizer_dir, config.vocab_size)  # refuses before any heavy work

@@ -17,8 +17,9 @@ from typing import Any
 
 import gguf
 
-from engine.checkpoints.hf_export import ExportError, special_token_ids
+from engine.checkpoints.hf_export import special_token_ids
 from engine.data.tokenizer import chat_template_for, load_tokenizer, tokenizer_vocab_size
+from engine.errors import ExportError
 
 # The split regex of HF tokenizers' ByteLevel(use_regex=True), which is GPT-2's.
 GPT2_SPLIT_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"

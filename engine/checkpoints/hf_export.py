@@ -20,15 +20,14 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import write_json_atomic
 from engine.checkpoints.checkpoint import Checkpoint
+from engine.checkpoints.formats import check_dtype
 from engine.config import ModelConfig
 from engine.data.tokenizer_files import copy_tokenizer
-from engine.errors import CheckpointError
+from engine.errors import ExportError
 
+# Keyed by engine.checkpoints.formats.HF_DTYPES (the torch-free list the CLI and the studio offer).
 EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-class ExportError(CheckpointError):
-    """A checkpoint that cannot be written in, or read from, Hugging Face format."""
 
 
 class SpecialTokenIds(TypedDict):
@@ -91,6 +90,7 @@ def refuse_moe(ckpt: Checkpoint) -> None:
 
 def export_hf(ckpt: Checkpoint, out_dir: Path, dtype: str = "float32") -> Path:
     """Write ckpt as a Hugging Face model directory; returns it."""
+    check_dtype("hf", dtype)  # an ExportError naming the choices, not a KeyError half-way through
     refuse_moe(ckpt)
     config = ckpt.model_config
     out_dir = Path(out_dir)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import ResourceError
+from engine.errors import DeviceError
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,6 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-
-class DeviceError(ResourceError):
-    """A device or dtype the machine cannot provide; the message says what to use instead."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -5,7 +5,7 @@ always. A larger world is started as
 
     supervisor (this module: run lock, heartbeat, status pid, signals, restarts)
       └── torchrun (torch.distributed.run: rendezvous, one worker per GPU, teardown when one fails)
-            └── python -m engine.runs.ranks RUN_DIR   (every rank; rank 0 writes the run directory)
+            └── python -m engine RUN_DIR --rank   (every rank; rank 0 writes the run directory)
 
 Why a supervisor around torchrun rather than torchrun alone:
 - The lock and heartbeat belong to the job, not to rank 0: a rank can die and be relaunched while the
@@ -38,18 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from engine.config import DistributedConfig, Preset, load_preset
+from engine.config import TRAIN_STAGES, DistributedConfig, Preset
 from engine.events import ErrorEvent, EventLog, WarningEvent
-from engine.runs.run_dir import (
-    Heartbeat,
-    RunLock,
-    claim_status,
-    engine_env,
-    handling_stop_signals,
-    read_status,
-    request_stop,
-    write_status,
-)
+from engine.runs.execute import rank_command
+from engine.runs.run import Run
+from engine.runs.run_dir import engine_env, handling_stop_signals
 from engine.runs.state import RunState
 
 # Seconds between looks at events.jsonl when a foreground run follows its ranks' progress.
@@ -78,7 +71,7 @@ def keep_global_batch(old: Preset, new: Preset) -> tuple[Preset, list[str]]:
     if old_world == new_world:
         return new, notes
     updates: dict[str, Any] = {}
-    for stage in ("pretrain", "sft"):
+    for stage in TRAIN_STAGES:
         cfg = old.stage(stage)
         global_batch, per_micro = cfg.batch_size * cfg.accumulation_steps * old_world, cfg.batch_size * new_world
         if global_batch % per_micro == 0 and global_batch // per_micro != cfg.accumulation_steps:
@@ -101,7 +94,7 @@ def torchrun_command(run_dir: Path, preset: Preset, *, resume: bool, log_dir: Pa
     else:
         command += [f"--nnodes={d.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={d.rdzv_endpoint}",
                     f"--rdzv-id=minimind-{preset.name}-{attempt}"]
-    command += ["-m", "engine.runs.ranks", str(run_dir)] + (["--resume"] if resume else [])
+    command += rank_command(str(run_dir), resume)
     return command
 
 
@@ -159,9 +152,10 @@ def killed_rank(agent_output: str) -> str | None:
 class Supervisor:
     """Runs torchrun for one run directory until the run finishes, stops, or fails past its restarts."""
 
-    def __init__(self, run_dir: Path, *, output: IO[str] | None = None) -> None:
-        self.run_dir = run_dir
-        self.preset = load_preset(run_dir / "preset.toml")
+    def __init__(self, run: Run, *, output: IO[str] | None = None) -> None:
+        self.run = run
+        self.run_dir = run.dir
+        self.preset = run.preset
         self.output = output
         self.process: subprocess.Popen[str] | None = None
         self.stopping: str | None = None
@@ -176,45 +170,43 @@ class Supervisor:
             return self.preset.distributed.node_rank == 0
         return (self.run_dir / "events.jsonl").exists()
 
-    def run(self, resume: bool) -> RunState:
-        d = self.preset.distributed
-        with RunLock(self.run_dir), Heartbeat(self.run_dir), handling_stop_signals(self._on_signal):
-            # The pid is the supervisor's (it outlives any rank); the state stays as it is (queued) until rank 0
-            # starts, so a stop given while the job starts up is kept for rank 0 to obey (engine/runs/manage.py).
-            claim_status(self.run_dir, exit_reason=None, world_size=world_size(self.preset), strategy=d.strategy,
-                         node_rank=d.node_rank)
+    def supervise(self, resume: bool) -> RunState:
+        d, run = self.preset.distributed, self.run
+        with run.lock(), run.heartbeat(), handling_stop_signals(self._on_signal):
+            # The pid is the supervisor's (it outlives any rank); the state stays queued until rank 0 starts, so a
+            # stop given while the job starts up is kept for rank 0 to obey.
+            run.claim(world_size=world_size(self.preset), strategy=d.strategy, node_rank=d.node_rank)
             if d.node_rank > 0:  # no rank here writes this node's status while it trains: say it runs
-                write_status(self.run_dir, state=RunState.RUNNING)
+                run.start()
             attempt = 0
             while True:
                 log_dir = self.run_dir / "torchrun" / f"attempt_{attempt}"
                 returncode = self._torchrun(resume or attempt > 0, log_dir, attempt)
-                state = RunState.parse(read_status(self.run_dir).get("state"))
+                state = RunState.parse(run.status().get("state"))
                 if state in (RunState.FINISHED, RunState.STOPPED):
                     # Rank 0 (or this node's first process) said how the run ended; torchrun's exit status is
                     # not trusted (1 after a clean stop, and ranks can abort while exiting).
                     return state
                 if self.aborted:
-                    message = (f"aborted by a second Ctrl-C; the newest checkpoint is kept; continue with: "
-                               f"minimind-studio resume {self.run_dir.name}")
-                    write_status(self.run_dir, state=RunState.FAILED, exit_reason=message)
+                    run.fail(f"aborted by a second Ctrl-C; the newest checkpoint is kept; continue with: "
+                             f"minimind-studio resume {run.name}")
                     return RunState.FAILED
                 if self.stopping and returncode == 0:
-                    write_status(self.run_dir, state=RunState.STOPPED, exit_reason=f"stop requested ({self.stopping})")
+                    run.stopped(f"stop requested ({self.stopping})")
                     return RunState.STOPPED
                 cause = self._cause(log_dir, returncode, state)
                 if attempt < d.max_restarts and not self.stopping:
                     attempt += 1
                     self._event(WarningEvent(message=f"{cause.text}; relaunching ({attempt} of {d.max_restarts} restarts), "
                                                      "resuming from the newest checkpoint"))
-                    write_status(self.run_dir, state=RunState.QUEUED, exit_reason=None, restarts=attempt)
+                    run.restart(attempt)
                     continue
                 if cause.own:  # rank 0's own paragraph is already the run's exit_reason and error event
                     return RunState.FAILED
                 message = (f"the job failed: {cause.text}. The last checkpoint is kept; continue with: "
-                           f"minimind-studio resume {self.run_dir.name}")
+                           f"minimind-studio resume {run.name}")
                 self._event(ErrorEvent(message=message, error_type="WorkerFailure"))
-                write_status(self.run_dir, state=RunState.FAILED, exit_reason=message)
+                run.fail(message)
                 return RunState.FAILED
 
     def _torchrun(self, resume: bool, log_dir: Path, attempt: int) -> int:
@@ -243,7 +235,7 @@ class Supervisor:
             return Cause(killed)
         d = self.preset.distributed
         failures = rank_failures(log_dir, d.node_rank, resolve_nproc(d.nproc_per_node))
-        status = read_status(self.run_dir)
+        status = self.run.status()
         recorded = status.get("exit_reason") if state == RunState.FAILED else None
         if failures and not failures[0].echo and failures[0].rank != 0:
             return Cause(f"rank {failures[0].rank} failed: {failures[0].message}")
@@ -271,7 +263,7 @@ class Supervisor:
             abort_job(self.process.pid)
             return
         self.stopping = signal.Signals(signum).name
-        request_stop(self.run_dir)
+        self.run.request_stop()
 
 
 def abort_job(torchrun_pid: int) -> None:

@@ -4,10 +4,10 @@ status.json's "state" and a stage_end event's "state" hold these values as plain
 on-disk contract, and a `RunState` *is* its string (a `str` Enum), so it is written, compared and
 shown as one. Torch-free, so the studio can import it at start-up.
 
-A run's own states, in the order it goes through them:
+A run's own states, in the order it goes through them (the transitions between them: engine/runs/run.py):
 
-    queued     created by the launcher, or reserved for a resume (engine.runs.manage); no run process has
-               claimed it yet
+    queued     created by the launcher, or reserved for a resume (engine.runs.run.Run.reserve); no process has
+               started its stages yet (one may have claimed it: its pid is recorded, with its start time)
     running    the run process owns the directory and is working through its stages
     stopping   a stop was requested (control/stop or a signal); it finishes the step and checkpoints
     stopped    terminal, resumable: it stopped on request after writing a checkpoint

@@ -16,8 +16,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from engine.api.export import FORMATS, default_out_dir
 from studio.checkpoint_list import CheckpointChoice
-from studio.exporter import FORMATS, ExportRequest, default_out_dir
+from studio.exporter import ExportRequest
 from studio.paths import display_path
 
 

@@ -1,6 +1,6 @@
 """The last step before a launch: the preset's pre-flight estimate, then Launch or Cancel.
 
-Dismisses with True (launch) or False. Finding the device imports torch (engine.train.calibrate), so the
+Dismisses with True (launch) or False. Finding the device imports torch (engine.api.estimate.detect_target), so the
 estimate is made in a thread worker while the dialog says "estimating…"; the device found is kept in
 the caller's `targets` dict for the session, so a second launch answers at once. A preset that does
 not fit is said in red with the estimator's advice, and the button becomes "Launch anyway": the
@@ -21,8 +21,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from engine.api.estimate import Estimate, Target, device_peak
 from engine.config import Preset
-from engine.hardware.estimate import Target, device_peak
 from studio import launcher
 from studio.errors import shown_error
 from studio.messages import EstimateFailed, EstimateReady
@@ -39,7 +39,7 @@ def plain_text(renderable: RenderableType, width: int = 100) -> str:
     return console.export_text()
 
 
-def headline(result: launcher.LaunchEstimate) -> str:
+def headline(result: Estimate) -> str:
     """One line on top of the details: the verdict the user must not miss."""
     from studio.estimate_view import human_bytes, target_line
 
@@ -63,7 +63,7 @@ class LaunchModal(ModalScreen[bool]):
         super().__init__()
         self.preset = preset
         self.targets = targets
-        self.result: launcher.LaunchEstimate | None = None
+        self.result: Estimate | None = None
         self.error: str | None = None
         self.plain = ""  # the estimate as text, once it has arrived
 

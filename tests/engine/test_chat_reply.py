@@ -95,7 +95,8 @@ def test_session_renders_tools_and_keeps_calls_without_reasoning(trained_run: Pa
     """Guards against tool specs never reaching the prompt's system turn, and against the session's
     history keeping the reasoning of a streamed reply (or losing its tool call)."""
     import engine.chat.session
-    from engine.chat.session import ChatSession, exact_match
+    from engine.chat.session import ChatSession
+    from engine.eval.heldout import exact_match
 
     session = ChatSession.open(trained_run)
     assert session.mode == "chat"

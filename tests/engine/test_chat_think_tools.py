@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat.reply import ReplyParser, ToolResultError, parse_reply, read_tool_result, reply_start
+from engine.chat.reply import ReplyParser, parse_reply, read_tool_result, reply_start
 from engine.chat.session import ChatSession
+from engine.errors import ToolResultError
 from engine.model.generate import Sampling
 from tests.engine.chat_fixtures import MINIMIND_STYLE_TEMPLATE, minimind_messages
 from tests.support.chat_templates import model_with_template, qwen3_style_template, script

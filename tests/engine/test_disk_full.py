@@ -239,10 +239,10 @@ def test_the_failure_record_never_hides_why_the_run_failed(make_preset, monkeypa
     the reserve helps (every later status and event write fails too), and the run must still raise the
     paragraph naming the file whose write failed, with status.json and events.jsonl as they were."""
     import engine.checkpoints.checkpoint as checkpoint
-    import engine.runs.run_dir as run_dir_module
+    import engine.runs.run as run_module  # the only writer of status.json
     from engine.events import EventLog as Log
 
-    real_save, real_status, real_append = checkpoint.save_file, run_dir_module.write_json_atomic, Log._append
+    real_save, real_status, real_append = checkpoint.save_file, run_module.write_json_atomic, Log._append
     full = [False]
 
     def save_file(tensors, filename, metadata=None):
@@ -259,7 +259,7 @@ def test_the_failure_record_never_hides_why_the_run_failed(make_preset, monkeypa
         return write
 
     monkeypatch.setattr(checkpoint, "save_file", save_file)
-    monkeypatch.setattr(run_dir_module, "write_json_atomic", refuse_when_full(real_status))
+    monkeypatch.setattr(run_module, "write_json_atomic", refuse_when_full(real_status))
     monkeypatch.setattr(Log, "_append", refuse_when_full(real_append))
     run_dir = create_run(make_preset(stages=["tokenizer", "pretrain"], pretrain={"save_interval": 2}))
     with pytest.raises(DiskFull, match=r"^disk full at \S+/\.step_000004\.tmp-\d+/model\.safetensors \(") as caught:
@@ -274,18 +274,18 @@ def test_the_failure_record_never_hides_why_the_run_failed(make_preset, monkeypa
 def test_the_cli_tells_a_full_disk_outside_a_run_as_one_paragraph(make_preset, tmp_path: Path, monkeypatch, capsys) -> None:
     """Guards against a full disk met before a run exists (creating its directory) reaching the user as a
     traceback: the CLI makes the same paragraph, exit status 2, with the advice to run the command again."""
-    import engine.runs.run_dir as run_dir_module
+    import engine.api.runs as runs_api
     from studio.cli import main
 
     preset_path = tmp_path / "tiny.toml"
     save_preset(make_preset(), preset_path)
     target = tmp_path / "runs" / "20260101-000000-unit" / "preset.toml"
 
-    def create_run(preset):
+    def new_run(preset):
         with writing(target):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(run_dir_module, "create_run", create_run)
+    monkeypatch.setattr(runs_api, "new_run", new_run)  # where the CLI's `run` creates the run directory
     assert main(["run", str(preset_path)]) == 2
     printed = re.sub(r"\s", "", capsys.readouterr().err)
     assert printed.startswith(re.sub(r"\s", "", f"error: disk full at {target} (no space left on device;"))

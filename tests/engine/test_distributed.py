@@ -149,7 +149,7 @@ def _rank_pids(supervisor: int) -> dict[int, int]:
     found = {}
     for child in psutil.Process(supervisor).children(recursive=True):
         try:
-            if "engine.runs.ranks" in " ".join(child.cmdline()):
+            if "--rank" in child.cmdline():
                 found[int(child.environ()["LOCAL_RANK"])] = child.pid
         except (psutil.NoSuchProcess, KeyError):
             continue
@@ -208,7 +208,7 @@ def test_torchrun_command_for_one_node_and_for_several(make_preset, tmp_path):
     """One node uses --standalone (a free port, so two runs never collide); several nodes use static ranks from
     node_rank (node 0 holds rank 0 and writes the run directory) or c10d; every node runs the same module."""
     one = torchrun_command(tmp_path, make_preset(distributed={"nproc_per_node": 2}), resume=False, log_dir=tmp_path)
-    assert "--standalone" in one and "--nproc-per-node=2" in one and one[-2:] == ["engine.runs.ranks", str(tmp_path)]
+    assert "--standalone" in one and "--nproc-per-node=2" in one and one[-4:] == ["-m", "engine", str(tmp_path), "--rank"]
     two = torchrun_command(tmp_path, make_preset(distributed={"nproc_per_node": 8, "nnodes": 2, "node_rank": 1,
                                                               "rdzv_endpoint": "node0.lan:29400"}),
                            resume=True, log_dir=tmp_path)
@@ -246,7 +246,7 @@ def test_resume_on_a_world_that_cannot_keep_the_global_batch_is_refused(make_pre
     """A global batch of 4 sequences cannot be split over 3 processes x batch 2: a one-paragraph PresetError."""
     from engine.errors import PresetError
     from engine.train.distributed import World
-    from engine.train.loop import accumulation_for
+    from engine.train.stage_setup import accumulation_for
 
     cfg = make_preset().pretrain.model_copy(update={"batch_size": 2})
     assert accumulation_for("pretrain", cfg, World(0, 0, 1), {"global_batch": 4}) == 2

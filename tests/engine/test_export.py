@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from engine.chat.session import ChatSession, load_model
-from engine.checkpoints.hf_export import ExportError, export_hf
+from engine.checkpoints.hf_export import export_hf
 from engine.checkpoints.lookup import resolve_checkpoint
 from engine.config import ModelConfig
+from engine.errors import ExportError
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +148,17 @@ def test_exported_tokenizer_renders_tools_calls_results_and_reasoning(trained_ru
     assert hf.apply_chat_template(messages, tools=tools, tokenize=False) == TOOL_CHAT_RENDERED
     assert hf.apply_chat_template(messages[:2], tools=tools, tokenize=False, add_generation_prompt=True).endswith(
         "<s>user\n2 plus 3?</s>\n<s>assistant\n")
+
+
+def test_the_format_lists_match_the_writers_type_maps() -> None:
+    """Guards against a dtype that the CLI and the export dialog offer (engine.checkpoints.formats, kept
+    torch-free) but a writer has no torch or GGUF type for (a KeyError half-way through an export), or one a
+    writer handles that nobody can choose."""
+    from engine.checkpoints import gguf_export
+    from engine.checkpoints.formats import FORMATS, GGUF_DTYPES, HF_DTYPES
+    from engine.checkpoints.hf_export import EXPORT_DTYPES
+
+    assert set(EXPORT_DTYPES) == set(HF_DTYPES) and len(EXPORT_DTYPES) == len(HF_DTYPES)
+    assert set(gguf_export._MATRIX_TYPES) == set(GGUF_DTYPES) == set(gguf_export._FILE_TYPES)
+    assert gguf_export.GGUF_DTYPES is GGUF_DTYPES  # the writer checks against the same tuple it is offered from
+    assert all(choice.default_dtype in choice.dtypes for choice in FORMATS.values())

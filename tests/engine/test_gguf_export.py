@@ -22,10 +22,11 @@ from engine.chat.session import load_model
 from engine.checkpoints.checkpoint import Checkpoint, model_tensors, read_checkpoint
 from engine.checkpoints.gguf_export import GGUF_DTYPES, export_gguf, storage_type
 from engine.checkpoints.gguf_vocab import GPT2_SPLIT_REGEX
-from engine.checkpoints.hf_export import ExportError, export_hf
+from engine.checkpoints.hf_export import export_hf
 from engine.checkpoints.lookup import resolve_checkpoint
 from engine.config import ModelConfig
 from engine.data.tokenizer import load_tokenizer
+from engine.errors import ExportError
 
 F32, F16, BF16, Q8_0 = (gguf.GGMLQuantizationType[n] for n in ("F32", "F16", "BF16", "Q8_0"))
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from engine.config import PROJECT_ROOT
-from engine.errors import ResourceError
+from engine.errors import ResourceError, RunBusy
 from engine.events import iter_events
-from engine.runs.manage import TRASH_PREFIX, delete_run, reserve_start
-from engine.runs.run_dir import RunBusy, RunLock, claim_status, effective_state, launch_detached, list_runs, read_status
+from engine.runs.execute import start_detached
+from engine.runs.manage import TRASH_PREFIX, delete_run
+from engine.runs.run import Run, RunLock
+from engine.runs.run_dir import effective_state, list_runs, read_status
 from engine.runs.state import RunState
 from tests.support.runs_cli import at_once, cli, copy_run, engine_processes
 from tests.support.wait import wait_until
@@ -81,10 +83,10 @@ def test_a_stop_given_while_a_resume_starts_up_is_obeyed(stopped_run: Path, live
     erased: the new process used to delete control/stop as "the last session's", then train to the end."""
     runs = live_runs
     run_dir = copy_run(stopped_run, runs)
-    reserve_start(run_dir)  # what `resume` and the studio do before launching
+    Run(run_dir).reserve()  # what `resume` and the studio do before launching
     done = cli("stop", run_dir.name, "--out-dir", str(runs))
     assert done.returncode == 0 and "asked" in done.stdout  # a queued run is live: the stop is taken
-    launch_detached(run_dir, resume=True)
+    start_detached(Run(run_dir), resume=True)
     wait_stopped(run_dir)
     assert read_status(run_dir)["step"] <= 2  # stopped after its first step, not 100,000 steps later
     assert [e.kind for e in session_events(run_dir)].count("checkpoint") == 1
@@ -99,14 +101,15 @@ def test_delete_refuses_a_live_or_starting_run_and_a_resume_refuses_a_run_being_
     run_dir = copy_run(stopped_run, runs)
     delete = ("delete", run_dir.name, "--yes", "--out-dir", str(runs))
 
-    reserve_start(run_dir)  # a resume between its reservation and its process taking the lock
+    Run(run_dir).reserve()  # a resume between its reservation and its process taking the lock
     assert "is starting" in one_paragraph_error(cli(*delete))
     with RunLock(run_dir):  # a live run process
-        claim_status(run_dir, state=RunState.RUNNING)
+        Run(run_dir).claim()
+        Run(run_dir).start()
         assert "already running" in one_paragraph_error(cli(*delete))
     assert run_dir.is_dir() and (run_dir / "checkpoints" / "pretrain" / "latest").is_dir()
 
-    claim_status(run_dir, state=RunState.STOPPED)
+    Run(run_dir).stopped("stop requested (control/stop)")
     with RunLock(run_dir, purpose="delete"):  # a delete under way in another shell
         assert "being deleted" in one_paragraph_error(cli("resume", run_dir.name, "--detach", "--out-dir", str(runs)))
     assert not engine_processes(run_dir)
@@ -130,7 +133,7 @@ def test_delete_removes_the_run_at_once_for_every_reader_and_a_late_resume_says_
     assert sorted(os.listdir(runs)) == []  # the run and the abandoned leftovers
     assert "no run" in one_paragraph_error(cli("resume", run_dir.name, "--out-dir", str(runs)))
     with pytest.raises(ResourceError, match="no longer exists"):
-        reserve_start(run_dir)  # a resume that resolved the run before the delete
+        Run(run_dir).reserve()  # a resume that resolved the run before the delete
 
 
 def test_two_launches_of_one_preset_in_the_same_second_get_two_run_directories(make_preset, tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from engine.checkpoints.checkpoint import read_checkpoint
 from engine.config import PROJECT_ROOT, save_preset
 from engine.events import iter_events, read_events
 from engine.runs.pipeline import run_pipeline
+from engine.runs.run import RunLock
 from engine.runs.run_dir import (
-    RunLock,
     create_run,
     effective_state,
     find_run,

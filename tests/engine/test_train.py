@@ -11,11 +11,10 @@ from safetensors.torch import load_file
 
 from engine.checkpoints.checkpoint import list_checkpoints, read_checkpoint
 from engine.config import TrainStage
-from engine.errors import CheckpointError, DataError
+from engine.errors import CheckpointError, DataError, NonFiniteLoss
 from engine.events import Event, iter_events
 from engine.runs.pipeline import run_pipeline
 from engine.runs.run_dir import create_run, read_status, request_stop
-from engine.train.loop import NonFiniteLoss
 from engine.train.step import lr_at
 
 

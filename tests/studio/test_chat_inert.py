@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from engine.chat.inert import inert
 from engine.chat.reply import ReplyStream, parse_reply
 from studio.app import StudioApp
 from studio.chat_console import print_note, print_reply
+from studio.inert import inert
 from studio.widgets.chat.chat_log import ChatLog
 from tests.studio.test_chat import open_chat
 from tests.studio.test_chat_tools import ScriptedSession

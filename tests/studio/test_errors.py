@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +11,7 @@ from textual.widgets import Collapsible, Static
 
 from engine.config import PROJECT_ROOT, load_preset
 from engine.errors import PresetError
-from engine.runs.run_dir import process_start_time, write_status
+from engine.runs.run import Run
 from studio import launcher
 from studio.app import StudioApp
 from studio.errors import BUG_NOTE, shown_error
@@ -47,8 +46,9 @@ def test_an_engine_error_is_its_paragraph_and_anything_else_is_a_named_bug() -> 
 
 def go_live(run_dir: Path) -> None:
     """What `minimind-studio resume` in another terminal does to status.json: this (live) process owns it."""
-    write_status(run_dir, state="running", pid=os.getpid(), pid_started_at=process_start_time(os.getpid()),
-                 host=socket.gethostname())
+    run = Run(run_dir)
+    run.claim()  # this (live) process's pid, host and start time
+    run.start()
 
 
 async def delete_current(pilot, before_yes=lambda: None) -> None:
@@ -78,7 +78,7 @@ async def test_delete_shows_a_refusal_as_a_paragraph_and_a_failure_as_a_bug(
         assert not modal.traceback and not modal.query(Collapsible) and old.exists()
         await pilot.press("escape")
 
-        write_status(old, state="failed")
+        Run(old).fail("it failed")
         await until(pilot, lambda: not pane.rows[str(old)].live, what="the run to read as failed again")
 
         def boom(src: Path, dst: Path) -> None:

@@ -55,14 +55,16 @@ async def wait_for_export(pilot, posted: list[Message]) -> None:
 
 
 def test_the_dialog_offers_the_engines_dtypes() -> None:
-    """Guards against the studio's dtype menus (kept apart so the studio starts without torch) drifting
-    from what engine.checkpoints.hf_export and engine.checkpoints.gguf_export accept."""
-    from engine.checkpoints.gguf_export import GGUF_DTYPES
-    from engine.checkpoints.hf_export import EXPORT_DTYPES
+    """Guards against the dialog's dtype menus restating their own list (which drifts from what the writers
+    accept) instead of showing the engine's torch-free one, default marked. That list equals the writers'
+    type maps: tests/engine/test_export.py."""
+    from engine.checkpoints.formats import FORMATS
 
-    assert exporter.FORMATS["hf"].dtypes == tuple(EXPORT_DTYPES)
-    assert exporter.FORMATS["gguf"].dtypes == GGUF_DTYPES
-    assert exporter.FORMATS["hf"].default_dtype == "float32" and exporter.FORMATS["gguf"].default_dtype == "f16"
+    for fmt, choice in FORMATS.items():
+        options = ExportModal._dtype_options(fmt)
+        assert tuple(value for _, value in options) == choice.dtypes
+        assert [label for label, _ in options if label.endswith("(default)")] == [f"{choice.default_dtype} (default)"]
+    assert FORMATS["hf"].default_dtype == "float32" and FORMATS["gguf"].default_dtype == "f16"
 
 
 async def test_gguf_q8_0_export_from_the_runs_tab(trained_run: Path, tmp_path: Path, monkeypatch) -> None:

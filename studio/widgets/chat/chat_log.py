@@ -4,7 +4,7 @@ A reply is split as it streams (engine.chat.reply, pure Python): reasoning in a 
 each tool call in its own line below it, so thinking never reads as the answer. The reasoning block is a
 Collapsible: open while the reply streams, folded to "reasoning (N tokens)" once it is done (click or
 enter on its title opens it again).
-Every line shown is a rich Text (never markup) of engine.chat.inert's output: what a model, a tool result
+Every line shown is a rich Text (never markup) of studio.inert's output: what a model, a tool result
 or a tools file writes cannot clear the screen, move the cursor or retitle the terminal (see `shown`).
 """
 
@@ -14,8 +14,8 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Collapsible, Static
 
-from engine.chat.inert import inert
-from engine.chat.reply import Kind, ReplyParser, ToolCall
+from engine.api.chat import Kind, ReplyParser, ToolCall
+from studio.inert import inert
 
 
 def shown(text: str, style: str = "") -> Text:

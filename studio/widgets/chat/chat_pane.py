@@ -21,10 +21,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Input, Select, Static
 
-from engine.chat.inert import inert
-from engine.chat.reply import ToolSpecError, read_tool_specs
+from engine.api.chat import read_tool_specs
+from engine.errors import ToolSpecError
 from studio.chat_console import call_labels, result_command, tool_names
 from studio.checkpoint_list import list_checkpoint_choices
+from studio.inert import inert
 from studio.messages import ChatDone, ChatPiece, ChatReady, ChatStart
 from studio.paths import display_path
 from studio.widgets.chat.chat_log import ChatLog
@@ -274,9 +275,9 @@ class ChatPane(Pane):
     def _session(self, column: int, path: Path, epoch: int) -> Any:
         """The column's ChatSession for `path`, loaded on first use (worker thread: torch imports here)."""
         if self.loaded.get(column) != path:
-            from engine.chat.session import ChatSession
+            from engine.api.chat import open_chat
 
-            session = ChatSession.open(str(path), str(self.studio_app.runs_dir), device=self.device)
+            session = open_chat(path, self.studio_app.runs_dir, device=self.device)
             self.sessions[column], self.loaded[column] = session, path
             ckpt = session.checkpoint
             self.post_message(ChatReady(column, Path(ckpt.path), ckpt.step, session.mode, epoch, session.takes_thinking))
@@ -284,9 +285,7 @@ class ChatPane(Pane):
 
     def _reply(self, column: int, path: Path, ask: Ask, epoch: int = 0) -> None:
         try:
-            from engine.model.generate import (
-                Sampling,  # torch: only ever imported here, in the worker
-            )
+            from engine.api.chat import Sampling  # torch: only ever loaded here, in the worker
 
             session = self._session(column, path, epoch)
             session.system_prompt, session.tools = ask.system, ask.tools

@@ -11,7 +11,7 @@ from typing import Any
 from textual.containers import Horizontal
 from textual.widgets import Collapsible, Input, Label, Switch
 
-from engine.chat.reply import read_tool_specs
+from engine.api.chat import read_tool_specs
 
 SAMPLING_FIELDS = (  # id, label, default, type
     ("temperature", "temp", "0.7", float), ("top_p", "top-p", "0.9", float), ("top_k", "top-k", "0", int),
@@ -37,7 +37,7 @@ class ChatSettings(Collapsible):
         )
 
     def sampling_values(self) -> dict[str, Any]:
-        """engine.model.generate.Sampling fields read from the inputs (the seed apart: see seed())."""
+        """engine.api.chat.Sampling fields read from the inputs (the seed apart: see seed())."""
         values: dict[str, Any] = {}
         for ident, label, default, kind in SAMPLING_FIELDS:
             if ident == "seed":

@@ -9,7 +9,7 @@ smaller copy. All file work happens in thread workers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
@@ -19,19 +19,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from engine.api.data import length_stats, load_tokenizer, run_tokenizers, sample_jsonl, scan_file
 from engine.errors import DataError
-from studio.data_scan import (
-    DataReport,
-    LengthStats,
-    dataset_files,
-    length_stats,
-    render_record,
-    run_tokenizers,
-    scan_file,
-)
+from studio.data_scan import dataset_files, render_record
 from studio.messages import DataScanned, SampleWritten, TokenStats
 from studio.widgets.data.histogram import LengthHistogram
 from studio.widgets.pane import Pane
+
+if TYPE_CHECKING:
+    from engine.api.data import DataReport, LengthStats
 
 
 class DataPane(Pane):
@@ -162,8 +158,6 @@ class DataPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="data-tokens", name="measuring token lengths")
     def _tokenize(self, path: Path, kind: str, directory: Path, max_seq_len: int) -> None:
-        from engine.data.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(directory)
         self.post_message(TokenStats(length_stats(path, kind, tokenizer, directory, max_seq_len), tokenizer))
 
@@ -195,19 +189,11 @@ class DataPane(Pane):
             body.update("")
             return
         line_no, record = self.report.records_sample[self.index]
-        render = None
-        bos, eos = "<s>", "</s>"
-        if self.tokenizer is not None:
-            from engine.data.sft_mask import tokenizer_render
-
-            tok = self.tokenizer
-            render = tokenizer_render(tok)
-            bos, eos = tok.bos_token or "", tok.eos_token or ""
-        template = "the run's chat template" if render else "the built-in chat template"
+        template = "the run's chat template" if self.tokenizer is not None else "the built-in chat template"
         head.update(f"record {self.index + 1}/{len(self.report.records_sample)} (line {line_no}) · "
                     f"[black on green] trained [/] characters · rendered with {template} · [ ] to move")
         try:
-            body.update(render_record(record, self.report.kind, render, bos, eos))
+            body.update(render_record(record, self.report.kind, self.tokenizer))
         except ValueError as error:
             body.update(Text(f"cannot render this record: {error}", style="red"))
 
@@ -236,8 +222,6 @@ class DataPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="data-sample", name="down-sampling")
     def _sample(self, src: Path, dst: Path, target_mb: float, seed: int) -> None:
-        from engine.data.sample import sample_jsonl
-
         self.post_message(SampleWritten(sample_jsonl(src, dst, target_mb, seed)))
 
     def on_sample_written(self, message: SampleWritten) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual_plotext import PlotextPlot
 
-from studio.data_scan import LengthStats, histogram
+from studio.data_scan import histogram
+
+if TYPE_CHECKING:
+    from engine.api.data import LengthStats
 
 
 class LengthHistogram(PlotextPlot):

@@ -20,8 +20,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
+from engine.api import RunState
 from engine.events import mfu_text
-from engine.runs.state import RunState
 from studio.display import num, state_colour, state_text, text_or_missing
 from studio.messages import RunUpdated
 from studio.run_watch import RunSnapshot, WatchPool
@@ -75,7 +75,7 @@ class MonitorPane(Pane):
             self._follow_newest()
 
     def _follow_newest(self) -> None:
-        from engine.runs.run_dir import list_runs
+        from engine.api.runs import list_runs
 
         runs = list_runs(self.studio_app.runs_dir)
         if runs:
@@ -238,7 +238,7 @@ class MonitorPane(Pane):
         super().focus_default()
 
     def action_pick_overlays(self) -> None:
-        from engine.runs.run_dir import list_runs
+        from engine.api.runs import list_runs
 
         if not self.run_dirs:
             return

@@ -7,8 +7,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.api import RunState
 from engine.events import CacheProgressEvent
-from engine.runs.state import RunState
 from studio.display import state_colour, state_style
 from studio.run_watch import RunSnapshot
 

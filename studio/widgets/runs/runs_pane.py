@@ -18,8 +18,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 from textual.worker import Worker
 
-from engine.runs.run_dir import RunSummary, request_stop
-from engine.runs.state import RunState
+from engine.api import RunState, RunSummary, runs
+from engine.errors import EngineError
 from studio import exporter, launcher
 from studio.checkpoint_list import list_checkpoint_choices
 from studio.display import state_text
@@ -149,7 +149,7 @@ class RunsPane(Pane):
         row = self.current()
         text = ""
         if row is not None:
-            from engine.runs.run_dir import read_status
+            from engine.api.runs import read_status
 
             status = read_status(row.run_dir)
             reason = status.get("exit_reason")
@@ -178,32 +178,27 @@ class RunsPane(Pane):
             self._hint()
 
     def action_compare(self) -> None:
-        runs = sorted(self.marked)
-        if len(runs) < 2:
+        chosen = sorted(self.marked)
+        if len(chosen) < 2:
             self.notify("mark two or more runs with space first", severity="warning")
             return
-        self.post_message(OpenRuns(runs))
+        self.post_message(OpenRuns(chosen))
 
     def action_stop(self) -> None:
         row = self.current()
         if row is None:
             return
-        if not row.live:
-            self.notify(f"{row.run_id} is not running ({row.state})", severity="warning")
-            return
-        request_stop(row.run_dir)
-        self.notify(f"asked {row.run_id} to stop: it finishes the step, writes a checkpoint and exits")
+        reply = runs.stop(row.run_dir)
+        self.notify(reply.message, severity="information" if reply.asked else "warning")
         self.scan()
 
     def action_resume(self) -> None:
         row = self.current()
         if row is None:
             return
-        if row.live:
-            self.notify(f"{row.run_id} is {row.state}; nothing to resume", severity="warning")
-            return
-        if row.state == RunState.FINISHED:
-            self.notify(f"{row.run_id} finished; launch its preset again for a new run", severity="warning")
+        refusal = runs.resume_refusal(row.run_dir)  # the engine's words, as the CLI says them
+        if refusal:
+            self.notify(refusal, severity="warning")
             return
         self._resume(row.run_dir)
 
@@ -216,8 +211,10 @@ class RunsPane(Pane):
         row = self.current()
         if row is None:
             return
-        if row.live:
-            self.notify(f"{row.run_id} is {row.state}: stop it before deleting", title="not deleted", severity="error")
+        try:
+            runs.Run(row.run_dir).refuse_live("deleted")  # asked again when the answer is yes: it may change meanwhile
+        except EngineError as refusal:
+            self.notify(str(refusal), title="not deleted", severity="error")
             return
         self.app.push_screen(
             ConfirmModal("Delete run?", f"Delete {row.run_dir} with its checkpoints and logs? This cannot be undone.",
@@ -226,9 +223,7 @@ class RunsPane(Pane):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-delete", name="delete")
     def _delete(self, run_dir: Path) -> None:
-        from engine.runs.manage import delete_run
-
-        delete_run(run_dir)  # refuses (RunBusy) a run resumed since the question, by this studio or another
+        runs.delete(run_dir)  # refuses (RunBusy) a run resumed since the question, by this studio or another
         self.post_message(RunsScanned(scan_runs(self.studio_app.runs_dir)))
 
     def action_new(self) -> None:

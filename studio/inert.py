@@ -13,7 +13,7 @@ model typed as `^[` or `\\x1b`), and characters that have no picture (C1 control
 surrogates) become `\\u{9b}`, bat's code-point notation. `\\n` and `\\t` stay: they are layout. A `\\r` right
 before `\\n` is dropped as `less` does, so a tool result file with CRLF line ends reads as lines.
 Rich markup (`[bold red]`) is not this module's business: the printers pass text as text (Rich's
-`escape`, `Text(...)`), never as markup. Pure Python: the engine does not import rich or textual.
+`escape`, `Text(...)`), never as markup. Pure Python, no UI: the CLI's printers and the Chat tab both use it.
 """
 
 from __future__ import annotations
