@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.api import Run, RunState
+from engine.config import STAGE_ORDER, TRAIN_STAGES
 from studio.inert import inert
 
 console = Console()
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a preset's stages (tokenizer -> pretrain -> sft) in the foreground")
     run.add_argument("preset", help="a preset file (presets/tiny.toml) or a built-in preset name (tiny)")
-    run.add_argument("--stage", choices=["tokenizer", "pretrain", "sft"], help="run only this stage")
+    run.add_argument("--stage", choices=STAGE_ORDER, help="run only this stage")
     run.add_argument("--resume", action="store_true", help="continue the newest run of this preset from its checkpoints")
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a preset field (repeatable)")
     run.add_argument("--detach", action="store_true", help="run in the background, immune to the terminal closing; prints the run id")
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = sub.add_parser("estimate", help="memory, fit, largest batch and time of a preset before launching it")
     estimate.add_argument("preset", help="a preset file or a built-in preset name")
-    estimate.add_argument("--stage", choices=["pretrain", "sft"], help="only this stage")
+    estimate.add_argument("--stage", choices=TRAIN_STAGES, help="only this stage")
     estimate.add_argument("--device", help="cpu or cuda (default: the preset's, as training would resolve it)")
     estimate.add_argument("--gpu", help="a GPU by name (e.g. 'GTX 1650', 3090, A100): its memory and bf16 support")
     estimate.add_argument("--gpu-mem", help="GPU memory to plan for, e.g. 8GiB (implies --device cuda)")

@@ -9,8 +9,9 @@ A run goes through these states (engine.runs.state), each change a named transit
       stopped | failed | crashed    └──fail────> failed   <┘
       | finished (resumable)
 
-`reserve` (a resume is about to launch a process), `claim` (a process takes the run over: its pid is
-recorded) and `restart` (the torchrun supervisor relaunches after a failure) lead back to queued; `start`
+`reserve` (a resume is about to launch a process), `claim` (the process that now holds the run lock takes
+the run over, from whatever state it was left in: its pid is recorded) and `restart` (the torchrun
+supervisor relaunches after a failure) lead back to queued; `start`
 is the run process beginning its stages. A transition from a state the table does not allow is a
 RunStateError: a bug, or a hand-edited status.json, never silently written. Crashed is only ever read
 (engine.runs.liveness): status.json says queued/running/stopping but nobody is there.
@@ -49,7 +50,9 @@ _RESUMABLE = frozenset({_S.STOPPED, _S.FINISHED, _S.FAILED, _S.CRASHED, _S.UNKNO
 # transition -> (the states it may leave, the state it enters)
 TRANSITIONS: dict[str, tuple[frozenset[RunState], RunState]] = {
     "reserve": (_RESUMABLE, _S.QUEUED),
-    "claim": (_RESUMABLE | {_S.QUEUED}, _S.QUEUED),
+    # Only the holder of the run lock claims, and a live run process holds that lock for its whole life: whatever
+    # status.json says (a "running" left by a process that died of a second Ctrl-C, say), nobody else runs it.
+    "claim": (frozenset(_S), _S.QUEUED),
     "start": (frozenset({_S.QUEUED}), _S.RUNNING),
     "stopping": (frozenset({_S.RUNNING}), _S.STOPPING),
     "finish": (frozenset({_S.RUNNING, _S.STOPPING}), _S.FINISHED),
