@@ -439,6 +439,7 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
 
 def preset_from_dict(data: dict[str, Any], source: str = "preset") -> Preset:
     # Registered stages' sections are validated by their own models; everything else by Preset (typos caught).
+    data = dict(data)  # the caller's dict stays as it was
     extra = {name: data.pop(name) for name in list(data) if name in EXTRA_SECTIONS}
     try:
         preset = Preset.model_validate(data)

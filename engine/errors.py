@@ -23,7 +23,10 @@ cannot be used falls back to the previous one; a busy run is refused, not failed
         NonFiniteLoss     the loss became NaN/inf
       ToolResultError     a chat tool result that cannot be taken (no call waiting, an unreadable file)
 
-Every error class of the engine is defined here, so this tree is the whole list.
+Every error the user can meet is defined here, so this tree is the whole list. Three internal signals that
+never reach the user live beside what raises them: engine.locks.WaitCancelled (a stop while waiting for a
+lock), engine.disk_full.NoSpaceError (turned into DiskFull) and engine.data.messages.RecordProblem (turned
+into a located DataError).
 """
 
 from __future__ import annotations

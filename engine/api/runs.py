@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from engine.config import Preset, load_preset
-from engine.errors import PresetError, ResourceError
+from engine.errors import PresetError
 from engine.events import Listener
 from engine.runs.liveness import effective_state
 from engine.runs.run import Run, read_status
@@ -58,14 +58,12 @@ def execute(run: Run, *, resume: bool, log: IO[str], display: Sequence[Listener]
 
 
 def reserve_resume(run_dir: Path, world_overrides: Sequence[str] = ()) -> tuple[Run, list[str]]:
-    """Make a stopped, failed or crashed run ready to continue: refused (RunBusy) when it is live or being
-    started, refused when it finished. `world_overrides` (`distributed.nproc_per_node=4` ...) resume it on
-    another number of processes, with the accumulation that keeps each step's global batch; returns the run
-    and a line per setting so changed."""
+    """Make a stopped, failed or crashed run ready to continue: RunBusy when it is live or being started (checked
+    under the run lock). A finished run may be resumed too: its stages are done, so it finishes at once (a node of
+    a several-node job that finished while the job failed rejoins that way). `world_overrides`
+    (`distributed.nproc_per_node=4` ...) resume it on another number of processes, with the accumulation that
+    keeps each step's global batch; returns the run and a line per setting so changed."""
     run = Run(run_dir)
-    refusal = resume_refusal(run_dir)
-    if refusal:
-        raise ResourceError(refusal)
     notes: list[str] = []
     changed: Preset | None = None
     if world_overrides:  # checked before the run is reserved; written once it is
@@ -78,18 +76,13 @@ def reserve_resume(run_dir: Path, world_overrides: Sequence[str] = ()) -> tuple[
     return run, notes
 
 
-def resume_refusal(run_dir: Path) -> str | None:
-    """Why this run cannot be resumed as it stands (it is live, or it finished), or None. `reserve_resume` raises
-    it, with the lock held for a live run; the studio says it before starting a worker."""
-    run = Run(run_dir)
-    state = run.state
+def resume_refusal(run_id: str, state: RunState) -> str | None:
+    """Why the studio's resume key does nothing for a run shown in `state`, or None. (The engine decides again
+    when the resume runs: a table is a poll behind, and a live run is refused then, under its lock.)"""
     if state == RunState.FINISHED:
-        return f"run {run.name} finished; launch its preset again for a new run"
+        return f"{run_id} finished; launch its preset again for a new run"
     if state.live:
-        try:
-            run.refuse_live("resumed")
-        except ResourceError as busy:
-            return str(busy)
+        return f"{run_id} is {state}; nothing to resume"
     return None
 
 

@@ -79,6 +79,8 @@ def execute_rank(run: Run, *, resume: bool) -> RunState:
         # leaving the group intermittently abort at exit, so a rank that succeeds leaves it.
         result = run_stages(run, resume=resume, listeners=listeners, world=world)
         world.close()
+        if world.is_main:
+            print(f"run {result.state}", flush=True)
         return result.state
 
     state = rank()

@@ -175,9 +175,9 @@ class Supervisor:
         with run.lock(), run.heartbeat(), handling_stop_signals(self._on_signal):
             # The pid is the supervisor's (it outlives any rank); the state stays queued until rank 0 starts, so a
             # stop given while the job starts up is kept for rank 0 to obey.
+            # On a node without rank 0, the node's first process starts (and ends) this directory's status
+            # (engine.runs.pipeline.run_stages), after every restart too.
             run.claim(world_size=world_size(self.preset), strategy=d.strategy, node_rank=d.node_rank)
-            if d.node_rank > 0:  # no rank here writes this node's status while it trains: say it runs
-                run.start()
             attempt = 0
             while True:
                 log_dir = self.run_dir / "torchrun" / f"attempt_{attempt}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from engine.checkpoints.checkpoint import tidy_after_kill
 from engine.config import Preset
 from engine.disk_full import disk_full_error, release_reserve
-from engine.errors import EngineError
+from engine.errors import EngineError, RunStateError
 from engine.events import ErrorEvent, Event, EventLog, Listener, StageEndEvent, StageStartEvent, StepEvent
 from engine.runs.run import Run
 from engine.runs.run_dir import handling_stop_signals
@@ -58,10 +58,16 @@ def run_stages(run: Run, *, resume: bool, listeners: list[Listener], world: Worl
     tracker = SwanlabTracker.create(preset, run.dir, log) if main else None  # None unless [tracking.swanlab] is on
     if tracker:
         log.listeners.append(tracker)
+    # Rank 0's stages already done, and which run directory it writes (the moment status.json was first written):
+    # a node's first process whose directory is another one keeps that node's status (nodes need no shared disk).
+    done, origin = world.broadcast((set(run.status().get("stages_done", [])) if resume else set(),
+                                    run.status().get("started_at")) if main else None)
+    node_status = not main and world.is_local_main and run.status().get("started_at") != origin
     stop = run.stop_flag(writes_status=main)
-    done: set[str] = world.broadcast(set(run.status().get("stages_done", [])) if resume and main else set())
     if main:
         begin(run, resume, done)
+    elif node_status:
+        run.start()  # this node's processes are at work (its supervisor claimed the directory; after a restart too)
     ctx = StageContext(run.dir, preset, log, world, resume, stop)
     result = PipelineResult(run.dir, RunState.FINISHED)
     try:
@@ -86,8 +92,7 @@ def run_stages(run: Run, *, resume: bool, listeners: list[Listener], world: Worl
         if tracker:
             tracker.close(result.state)
         log.close()
-    elif world.is_local_main and not (run.dir / "events.jsonl").exists():
-        # Another node's run directory (rank 0 writes elsewhere): its supervisor reads how its ranks ended here.
+    elif node_status:  # its supervisor reads here how this node's processes ended
         run.end(result.state, "this node's processes are done")
     return result
 
@@ -115,7 +120,7 @@ def record_failure(run: Run, error: Exception, result: PipelineResult, log: Even
     # Best effort: on a full disk these writes can fail as well, and must not hide the failure they record.
     with suppress(OSError):
         log.emit(ErrorEvent(message=message, error_type=type(failure).__name__, traceback=traceback.format_exc()))
-    with suppress(OSError):
+    with suppress(OSError, RunStateError):  # nothing may hide the failure being recorded
         run.fail(message)
     if tracker:
         tracker.close(RunState.FAILED, message)

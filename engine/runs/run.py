@@ -143,7 +143,7 @@ class Run:
         if RunState.parse(self.status().get("state")) != _S.QUEUED:
             self.spend_stop()
         self._transition("claim", pid=os.getpid(), pid_started_at=process_start_time(os.getpid()),
-                         host=socket.gethostname(), **fields)
+                         host=socket.gethostname(), exit_reason=None, **fields)
 
     def start(self, **fields: Any) -> None:
         self._transition("start", exit_reason=None, **fields)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from engine.config import EXTRA_SECTIONS, Preset, register_stage_section, stage_order
+from engine.config import EXTRA_SECTIONS, STAGE_ORDER, Preset, register_stage_section, stage_order
 from engine.events import EventLog
 
 if TYPE_CHECKING:
@@ -103,11 +103,23 @@ class Stage(ABC):
 _STAGES: dict[str, Stage] = {}
 
 
+class NoSettings(BaseModel):
+    """The section of a stage that has no settings: `[name]` may be absent or empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 def register(stage: Stage, section: type[BaseModel] | None = None) -> None:
-    """Make `stage` runnable by name; `section` is the model of its `[name]` preset section (stages outside the
-    built-in schema). A stage registered again replaces the earlier one."""
-    if section is not None and EXTRA_SECTIONS.get(stage.name) is not section:
-        register_stage_section(stage.name, section)
+    """Make `stage` runnable by name; `section` is the model of its `[name]` preset section (for a stage outside the
+    built-in schema; none: it takes no settings). A stage registered again replaces the earlier one.
+
+    The registry is the process's own: a detached run and every torchrun rank import engine.stages afresh, so a
+    stage meant to run there is registered in engine/stages/__init__.py, not by the code that launches it."""
+    if stage.name not in STAGE_ORDER:
+        wanted = section or NoSettings
+        if EXTRA_SECTIONS.get(stage.name) is not wanted:
+            EXTRA_SECTIONS.pop(stage.name, None)
+            register_stage_section(stage.name, wanted)
     _STAGES[stage.name] = stage
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.config import PROJECT_ROOT, load_preset, preset_to_toml, save_preset
 from engine.errors import PresetError
 from engine.events import Event, StageEndEvent, StageStartEvent, StepEvent, iter_events
-from engine.runs.pipeline import preflight, run_pipeline
+from engine.runs.pipeline import preflight, run_pipeline, run_stages
+from engine.runs.run import Run
 from engine.runs.run_dir import create_run, read_status, request_stop
 from engine.stages import Stage, StageContext, StageResult, register, unregister
+from engine.train.distributed import World
 
 
 class CountSection(BaseModel):
@@ -123,3 +127,60 @@ def test_an_unregistered_stage_is_a_located_preset_error(tmp_path: Path) -> None
     """Guards against a preset naming a stage nobody defined failing later, inside the run."""
     with pytest.raises(PresetError, match="unknown stage.*'count'"):
         load_preset(write_preset(tmp_path, "steps = 2"))
+
+
+@dataclass(frozen=True)
+class OtherNodesFirstProcess(World):
+    """Rank 1 of 2, the first process of a node that does not host rank 0; rank 0's broadcast is given."""
+
+    from_rank0: Any = None
+
+    def broadcast(self, value: Any) -> Any:
+        return self.from_rank0
+
+    def barrier(self) -> None:
+        return None
+
+
+def test_a_node_without_rank_0_keeps_its_own_status_after_a_restart(count_stage, tmp_path: Path) -> None:
+    """Guards against another node's run directory being left `queued` by a restart (its supervisor put it back to
+    queued and nothing started it again) and its end then refused by the state machine, failing a job that had
+    finished; and against that node writing status.json when it shares rank 0's directory."""
+    own = create_run(load_preset(write_preset(tmp_path, "steps = 3")))
+    node = Run(own)
+    node.claim()  # what its supervisor does, then a relaunch after a failed attempt:
+    node.restart(1)
+    world = OtherNodesFirstProcess(rank=1, local_rank=0, size=2, from_rank0=(set(), "rank 0's directory"))
+    result = run_stages(node, resume=True, listeners=[], world=world)
+    status = read_status(own)
+    assert result.state == "finished" and status["state"] == "finished"
+    assert status["exit_reason"] == "this node's processes are done" and "stages_done" not in status
+    assert not any(iter_events(own / "events.jsonl"))  # rank 0 alone writes events
+
+    shared = Run(create_run(load_preset(write_preset(tmp_path, "steps = 3"))))
+    shared.claim()
+    same = OtherNodesFirstProcess(rank=1, local_rank=0, size=2, from_rank0=(set(), shared.status()["started_at"]))
+    run_stages(shared, resume=False, listeners=[], world=same)
+    assert read_status(shared.dir)["state"] == "queued"  # rank 0 writes this directory's status, not this node
+
+
+class BareStage(Stage):
+    name = "bare"
+
+    def run(self, ctx: StageContext) -> StageResult:
+        return StageResult(self.name, "finished")
+
+
+def test_a_stage_without_settings_can_be_named_in_a_preset(tmp_path: Path) -> None:
+    """Guards against a stage registered without a section being unknown to the preset's `stages` check (only a
+    section put its name in the schema's stage order)."""
+    register(BareStage())
+    try:
+        path = tmp_path / "bare.toml"
+        path.write_text(f'name = "bare"\nstages = ["bare"]\nout_dir = "{tmp_path / "runs"}"\n', encoding="utf-8")
+        assert run_pipeline(create_run(load_preset(path))).state == "finished"
+        path.write_text(path.read_text() + "\n[bare]\nsetting = 1\n", encoding="utf-8")
+        with pytest.raises(PresetError, match="unknown field 'setting'"):
+            load_preset(path)
+    finally:
+        unregister("bare")

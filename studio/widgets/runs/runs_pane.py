@@ -196,7 +196,7 @@ class RunsPane(Pane):
         row = self.current()
         if row is None:
             return
-        refusal = runs.resume_refusal(row.run_dir)  # the engine's words, as the CLI says them
+        refusal = runs.resume_refusal(row.run_id, row.state)
         if refusal:
             self.notify(refusal, severity="warning")
             return
