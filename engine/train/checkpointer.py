@@ -29,17 +29,19 @@ from engine.checkpoints.checkpoint import (
     rng_tensors,
     save_checkpoint,
 )
+from engine.config import TrainStage
 from engine.events import CheckpointEvent, EventLog
-from engine.train.distributed import World
+from engine.train.step import StepSetup
 
 
 class Checkpointer:
-    def __init__(self, stage: str, stage_dir: Path, *, model: torch.nn.Module, wrapped: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, world: World, tokenizer_dir: Path, save_interval: int, keep: int,
+    def __init__(self, stage: str, stage_dir: Path, step: StepSetup, cfg: TrainStage, tokenizer_dir: Path,
                  log: EventLog) -> None:
+        """Saves and restores what `step` trains (its model, wrapped model, optimizer, world) every
+        `cfg.save_interval` steps, keeping `cfg.keep_checkpoints`; each checkpoint carries the tokenizer."""
         self.stage, self.stage_dir = stage, stage_dir
-        self.model, self.wrapped, self.optimizer, self.world = model, wrapped, optimizer, world
-        self.tokenizer_dir, self.save_interval, self.keep, self.log = tokenizer_dir, save_interval, keep, log
+        self.model, self.wrapped, self.optimizer, self.world = step.model, step.wrapped, step.optimizer, step.world
+        self.tokenizer_dir, self.save_interval, self.keep, self.log = tokenizer_dir, cfg.save_interval, cfg.keep_checkpoints, log
         self.last_path: Path | None = None
         self.last_step: int | None = None
 

@@ -76,9 +76,9 @@ def train_stage(
     outcome = run_steps(t, should_stop)
     seconds = time.perf_counter() - started
     p = t.progress
-    log.emit(StageEndEvent(stage=stage, state=outcome, step=p.step, total_steps=t.total_steps, loss=p.loss,
+    log.emit(StageEndEvent(stage=stage, state=outcome, step=p.step, total_steps=t.plan.total_steps, loss=p.loss,
                            eval_loss=p.eval_loss, seconds=round(seconds, 3), tokens_seen=p.tokens_seen))
-    return TrainResult(stage, outcome, p.step, t.total_steps, p.loss, p.eval_loss, t.checkpointer.last_path, seconds,
+    return TrainResult(stage, outcome, p.step, t.plan.total_steps, p.loss, p.eval_loss, t.checkpointer.last_path, seconds,
                        p.tokens_seen, extra=t.data_info)
 
 
@@ -86,17 +86,17 @@ def run_steps(t: StageTraining, should_stop: Callable[[], bool]) -> StageOutcome
     """Optimizer steps until the stage's last (finished) or a stop request (stopped, after a checkpoint)."""
     cfg, p, world = t.cfg, t.progress, t.world
     window = LogWindow(t.precision.device)
-    while p.step < t.total_steps:
+    while p.step < t.plan.total_steps:
         step_started = time.perf_counter()
-        last_step = p.step + 1 == t.total_steps
+        last_step = p.step + 1 == t.plan.total_steps
         log_step = (p.step + 1) % cfg.log_interval == 0 or last_step
-        lr = lr_at(p.step, t.total_steps, cfg)
+        lr = lr_at(p.step, t.plan.total_steps, cfg)
         out = train_step(t.step, t.batches, lr, want_grad_norm=log_step, skip_nonfinite=cfg.skip_nonfinite_steps > 0,
                          stop_vote=world.distributed and should_stop())
         t.step.forward.step_done(time.perf_counter() - step_started)
         p.step += 1
-        p.tokens_seen += t.tokens_per_step
-        p.samples += t.step_samples
+        p.tokens_seen += t.plan.tokens_per_step
+        p.samples += t.plan.step_samples
         if out.skipped:
             skip_nonfinite_step(t.stage, cfg, p, out, t.warn)
         window.add(None if out.skipped else out.loss)

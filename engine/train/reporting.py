@@ -20,6 +20,16 @@ from engine.hardware.readings import memory_snapshot
 from engine.train.distributed import World
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """How long a stage is and what one optimizer step holds (the whole world's figures)."""
+
+    total_steps: int
+    step_samples: int  # sequences per optimizer step, all ranks and micro-batches
+    tokens_per_step: int
+    epoch_samples: int  # sequences per epoch, cut to whole steps
+
+
 @dataclass
 class Progress:
     """Where a stage stands: what the step events report and a checkpoint stores."""
@@ -69,10 +79,10 @@ class StepReporter:
     """Closes a log window into a `step` event: loss, throughput, MFU, memory, ETA. A NaN/inf loss stops
     the stage here (the last good checkpoint is kept)."""
 
-    def __init__(self, stage: str, cfg: TrainStage, total_steps: int, tokens_per_step: int, flops_per_token: float,
-                 peak: Peak, epoch_samples: int, log: EventLog, world: World) -> None:
-        self.stage, self.cfg, self.total_steps, self.log, self.world = stage, cfg, total_steps, log, world
-        self.tokens_per_step, self.flops_per_token, self.epoch_samples = tokens_per_step, flops_per_token, epoch_samples
+    def __init__(self, stage: str, cfg: TrainStage, plan: StagePlan, flops_per_token: float, peak: Peak, log: EventLog,
+                 world: World) -> None:
+        self.stage, self.cfg, self.plan, self.log, self.world = stage, cfg, plan, log, world
+        self.flops_per_token = flops_per_token
         self.mfu = MfuMeter(peak, warn=lambda message: log.emit(WarningEvent(stage=stage, message=message)))
 
     def __call__(self, progress: Progress, window: LogWindow, lr: float, grad_norm: torch.Tensor | None,
@@ -85,16 +95,16 @@ class StepReporter:
                 f"{self.stage}: the loss became {loss} at step {progress.step}. The last good checkpoint is kept. "
                 f"Lower {self.stage}.learning_rate, raise warmup_iters, keep grad_clip on, or check the data."
             )
-        tokens_per_s = steps * self.tokens_per_step / seconds  # the whole world's: tokens_per_step is global
+        tokens_per_s = steps * self.plan.tokens_per_step / seconds  # the whole world's: tokens_per_step is global
         self.log.emit(StepEvent(
-            stage=self.stage, step=progress.step, total_steps=self.total_steps, loss=loss, lr=lr,
+            stage=self.stage, step=progress.step, total_steps=self.plan.total_steps, loss=loss, lr=lr,
             grad_norm=float(grad_norm) if grad_norm is not None else None, tokens_per_s=tokens_per_s,
-            samples_per_s=steps * self.tokens_per_step / self.cfg.max_seq_len / seconds,
+            samples_per_s=steps * self.plan.tokens_per_step / self.cfg.max_seq_len / seconds,
             # per device: each process's share of the throughput against one device's peak
             mfu=self.mfu(self.flops_per_token * tokens_per_s / self.world.size), mfu_note=self.mfu.note,
-            eta_s=(self.total_steps - progress.step) * seconds / steps, tokens_seen=progress.tokens_seen,
+            eta_s=(self.plan.total_steps - progress.step) * seconds / steps, tokens_seen=progress.tokens_seen,
             skipped_nonfinite=progress.skipped_nonfinite,
-            epoch=progress.samples / self.epoch_samples, **memory[0],
+            epoch=progress.samples / self.plan.epoch_samples, **memory[0],
             world_size=self.world.size if self.world.distributed else None,
             ranks=[RankMemory(rank=rank, **figures) for rank, figures in enumerate(memory)] if self.world.distributed else None,
         ))

@@ -28,7 +28,7 @@ from engine.model.transformer import CausalLM, count_parameters, flops_per_token
 from engine.train.checkpointer import Checkpointer
 from engine.train.compile_policy import EAGER_CPU_MFU, Mode, decide
 from engine.train.distributed import World
-from engine.train.reporting import Progress, StepReporter
+from engine.train.reporting import Progress, StagePlan, StepReporter
 from engine.train.stage_data import batch_stream, make_blocks
 from engine.train.step import StepSetup, build_step
 
@@ -51,10 +51,7 @@ class StageTraining:
     report: StepReporter
     tokenizer: Any
     progress: Progress
-    total_steps: int
-    tokens_per_step: int  # the world's, per optimizer step
-    step_samples: int  # sequences per optimizer step, all ranks and micro-batches
-    epoch_samples: int
+    plan: StagePlan
     data_info: dict[str, Any]  # what the data build reported (records, tokens, sequences ...)
     preset: Preset
 
@@ -63,11 +60,11 @@ class StageTraining:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint's state.json records beside the weights: enough to resume exactly."""
-        p = self.progress
+        p, plan = self.progress, self.plan
         return {
-            "stage": self.stage, "step": p.step, "total_steps": self.total_steps, "tokens_seen": p.tokens_seen,
-            "samples_consumed": p.samples, "sampler": position_of(p.samples, self.epoch_samples),
-            "global_batch": self.step_samples, "world_size": self.world.size,
+            "stage": self.stage, "step": p.step, "total_steps": plan.total_steps, "tokens_seen": p.tokens_seen,
+            "samples_consumed": p.samples, "sampler": position_of(p.samples, plan.epoch_samples),
+            "global_batch": plan.step_samples, "world_size": self.world.size,
             "model": self.preset.model.model_dump(mode="json"), "preset": self.preset.model_dump(mode="json"),
             "dtype": self.precision.dtype, "metrics": {"loss": p.loss, "eval_loss": p.eval_loss},
             "skipped_nonfinite": p.skipped_nonfinite,
@@ -103,6 +100,7 @@ def set_up_stage(stage: StageName, preset: Preset, run_dir: Path, tokenizer_dir:
     flops_tok = flops_per_token(preset.model, cfg.max_seq_len)
     peak = peak_flops(precision, preset.runtime.peak_tflops, Path(preset.runtime.cache_dir))
     tokens_per_step = step_samples * cfg.max_seq_len
+    plan = StagePlan(total_steps, step_samples, tokens_per_step, epoch_samples)
     remaining = total_steps - progress.step
     eager_estimate = remaining * tokens_per_step * flops_tok / (EAGER_CPU_MFU * peak.flops * world.size) if peak.flops else None
     compile_reasons: list[str] = []
@@ -117,9 +115,7 @@ def set_up_stage(stage: StageName, preset: Preset, run_dir: Path, tokenizer_dir:
     if init_from is not None and world.distributed:  # rank 0 reads the starting weights, the others receive them
         load_training_state(step.wrapped, None, read_model_tensors(init_from.path, model) if world.is_main else None,
                             None, from_rank0=True)
-    checkpointer = Checkpointer(stage, stage_dir, model=model, wrapped=step.wrapped, optimizer=step.optimizer,
-                                world=world, tokenizer_dir=tokenizer_dir, save_interval=cfg.save_interval,
-                                keep=cfg.keep_checkpoints, log=log)
+    checkpointer = Checkpointer(stage, stage_dir, step, cfg, tokenizer_dir, log)
     if saved is not None:
         checkpointer.restore(resumed_from, progress.step)
 
@@ -139,10 +135,9 @@ def set_up_stage(stage: StageName, preset: Preset, run_dir: Path, tokenizer_dir:
         compile_reason=compile_reasons[0], attention=step.attention, attention_reason=step.attention_reason,
         peak_source=peak.source, init_from=str(init_from.path) if init_from else None, **data_info,
     ))
-    report = StepReporter(stage, cfg, total_steps, tokens_per_step, flops_tok, peak, epoch_samples, log, world)
+    report = StepReporter(stage, cfg, plan, flops_tok, peak, log, world)
     return StageTraining(stage, cfg, world, precision, log, model, step, blocks, eval_idx, batches, checkpointer, report,
-                         load_tokenizer(tokenizer_dir), progress, total_steps, tokens_per_step, step_samples,
-                         epoch_samples, data_info, preset)
+                         load_tokenizer(tokenizer_dir), progress, plan, data_info, preset)
 
 
 def progress_of(saved: dict[str, Any] | None, cfg: TrainStage) -> Progress:
