@@ -1,1 +1,2 @@
-"""Evaluation: scoring what a model answers (held-out exact match today; bits per byte and multiple choice next)."""
+"""Evaluation: scoring a model. heldout: greedy exact match on held-out questions; bpb: bits per byte on held-out
+text, comparable across tokenizers. (The eval stage, multiple choice and the report card are next: issue 22.)"""
