@@ -69,7 +69,7 @@ def _execute(run: Run, resume: bool, detach: bool) -> int:
     with open(run.dir / "train.log", "a", encoding="utf-8") as log, RunProgress(console) as progress:
         state = runs.execute(run, resume=resume, log=log, display=[progress])
     status = run.status()
-    console.print(progress.summary(run.name, state, status.get("exit_reason")))
+    console.print(progress.summary(run.name, state, status.get("exit_reason"), run.dir))
     if state == RunState.STOPPED:
         console.print(f"stopped cleanly; continue with: minimind-studio resume {run.name}")
     elif state == RunState.FINISHED:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,6 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from engine.events import (
     CacheProgressEvent,
@@ -63,6 +65,9 @@ class RunProgress:
         stage = event.stage or ""
         self._remember(event)
         if isinstance(event, StageStartEvent):
+            data_bar = self.tasks.pop(f"{stage} data", None)
+            if data_bar is not None:  # the token cache is built: its bar goes (a log would print it stale at the end)
+                self.progress.remove_task(data_bar)
             if stage != "tokenizer":
                 self.console.print(
                     f"[bold]{stage}[/]: {num(event.n_docs, ',')} records, {num(event.n_tokens, ',')} tokens -> "
@@ -107,22 +112,36 @@ class RunProgress:
         elif isinstance(event, EvalEvent) and event.heldout_total:
             self.heldout[event.stage] = event
 
-    def summary(self, run_id: str, state: str, reason: str | None = None) -> Table:
-        """The table printed when a foreground run ends: each stage that ended in this session."""
+    def summary(self, run_id: str, state: str, reason: str | None = None, run_dir: Path | None = None) -> Group:
+        """What is printed when a foreground run ends: a table of each stage that ended in this session, then each
+        stage's checkpoint relative to `run_dir`, one per line (inside the table, a path wraps into several lines
+        at 80 columns)."""
         table = Table(title=f"run {run_id}: {state}" + (f" ({reason})" if reason and state != "finished" else ""))
-        for column in ("stage", "steps", "time", "final loss", "eval loss"):
+        for column in ("stage", "steps", "time", "loss", "eval loss"):
             table.add_column(column, no_wrap=True)
-        table.add_column("output", overflow="fold")
+        table.add_column("result")
+        saved: list[str] = []
         for name, end in self.ended.items():
             if end.vocab_size is not None:  # the tokenizer's report
                 table.add_row(name, MISSING, f"{num(end.train_seconds, '.1f')}s", MISSING, MISSING,
-                              f"vocab {end.vocab_size}, {num(end.chars_per_token, '.2f')} chars/token")
+                              f"vocab {end.vocab_size}, {num(end.chars_per_token, '.2f')} char/tok")
                 continue
-            output = self.checkpoints.get(name, MISSING)
-            heldout = self.heldout.get(name)
-            if heldout:
-                output += (f"\nheld-out exact match {num(heldout.heldout_accuracy, '.1%')} "
-                           f"({heldout.heldout_correct}/{heldout.heldout_total})")
+            heldout = self.heldout.get(name)  # short: the column has about 25 characters at 80 columns
+            result = (f"held-out {num(heldout.heldout_accuracy, '.1%')} "
+                      f"({heldout.heldout_correct}/{heldout.heldout_total})") if heldout else MISSING
             table.add_row(name, f"{end.step}/{end.total_steps}", f"{num(end.seconds, '.1f')}s", num(end.loss, ".4f"),
-                          num(end.eval_loss, ".4f"), output)
-        return table
+                          num(end.eval_loss, ".4f"), result)
+            if name in self.checkpoints:
+                saved.append(f"{name}: {relative_to(self.checkpoints[name], run_dir)}")
+        lines = [Text(f"checkpoints in {run_dir}:" if run_dir else "checkpoints:")] + [Text(f"  {line}") for line in saved]
+        return Group(table, *lines) if saved else Group(table)
+
+
+def relative_to(path: str, run_dir: Path | None) -> str:
+    """`path` inside `run_dir` as a relative path, else as it is."""
+    if run_dir is None or path == MISSING:
+        return path
+    try:
+        return str(Path(path).relative_to(run_dir))
+    except ValueError:
+        return path
