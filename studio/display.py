@@ -47,3 +47,16 @@ def state_style(state: str) -> str:
 
 def state_text(state: str) -> Text:
     return Text(str(state), style=state_style(state))
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 piece", "2 pieces": a count with its noun in the right number (English plurals in -s)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def reply_note(pieces: int, seconds: float, stopped: bool) -> str:
+    """The line under a chat reply: how many text pieces it streamed and how fast ("" for an empty reply)."""
+    if not pieces:
+        return ""
+    rate = pieces / seconds if seconds > 0 else 0.0
+    return f"{'stopped · ' if stopped else ''}{counted(pieces, 'piece')} · {rate:.1f}/s"

@@ -109,3 +109,12 @@ def test_a_missing_number_is_one_dash_everywhere() -> None:
     assert human_age(None) == mib(None) == MISSING
     summary = RunSummary(Path("runs/x"), "tiny", RunState.QUEUED, None, 0, 0, None, None, None, None, None)
     assert row_cells(summary, now=0)[2:6] == (MISSING, "0/0", MISSING, MISSING)
+
+
+def test_a_reply_of_one_piece_is_not_one_pieces() -> None:
+    """Guards against the Chat tab's line under a reply saying "1 pieces"."""
+    from studio.display import reply_note
+
+    assert reply_note(1, 0.5, False) == "1 piece · 2.0/s"
+    assert reply_note(12, 2.0, True) == "stopped · 12 pieces · 6.0/s"
+    assert reply_note(0, 1.0, False) == ""

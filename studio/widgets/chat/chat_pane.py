@@ -25,6 +25,7 @@ from engine.api.chat import read_tool_specs
 from engine.errors import ToolSpecError
 from studio.chat_console import call_labels, result_command, tool_names
 from studio.checkpoint_list import list_checkpoint_choices
+from studio.display import reply_note
 from studio.inert import inert
 from studio.messages import ChatDone, ChatPiece, ChatReady, ChatStart
 from studio.paths import display_path
@@ -335,9 +336,7 @@ class ChatPane(Pane):
         self.busy.discard(message.column)  # the worker is done whichever conversation it was in
         if message.epoch == self.epoch:
             log = self.query_one(f"#chat-log-{message.column}", ChatLog)
-            rate = message.pieces / message.seconds if message.seconds > 0 else 0.0
-            note = f"{'stopped · ' if message.stopped else ''}{message.pieces} pieces · {rate:.1f}/s" if message.pieces else ""
-            log.end_reply(note, message.reasoning_tokens)
+            log.end_reply(reply_note(message.pieces, message.seconds, message.stopped), message.reasoning_tokens)
         if not self.busy:
             self.query_one("#chat-status", Static).update(HELP)
 
