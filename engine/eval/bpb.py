@@ -16,7 +16,6 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,11 +42,11 @@ class BitsPerByte:
                 "nats_per_token": self.nats_per_token}
 
 
-def token_bytes(tokenizer: Any, tokenizer_dir: Path | None = None) -> torch.Tensor:
+def token_bytes(tokenizer: Any) -> torch.Tensor:
     """(vocab,) int64: the UTF-8 bytes each token id spells; 0 for special and added control tokens."""
     size = len(tokenizer)
     special = set(tokenizer.all_special_ids)
-    spec = _tokenizer_spec(tokenizer_dir)
+    spec = _tokenizer_spec(tokenizer)
     lengths = torch.zeros(size, dtype=torch.int64)
     if spec is not None and _byte_level(spec):
         for piece, token_id in spec["model"]["vocab"].items():
@@ -105,10 +104,10 @@ def _windows(ids: list[int], max_len: int) -> list[list[int]]:
     return [ids[start:start + max_len] for start in range(0, len(ids) - 1, step)]
 
 
-def _tokenizer_spec(tokenizer_dir: Path | None) -> dict[str, Any] | None:
-    if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
-        return None
-    return json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text(encoding="utf-8"))
+def _tokenizer_spec(tokenizer: Any) -> dict[str, Any] | None:
+    """The tokenizer's own tokenizer.json (from its backend, as engine.data.fast_bpe reads it), None without one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str()) if backend is not None else None
 
 
 def _byte_level(spec: dict[str, Any]) -> bool:

@@ -60,9 +60,10 @@ def run_stages(run: Run, *, resume: bool, listeners: list[Listener], world: Worl
         log.listeners.append(tracker)
     # Rank 0's stages already done, and which run directory it writes (the moment status.json was first written):
     # a node's first process whose directory is another one keeps that node's status (nodes need no shared disk).
-    done, origin = world.broadcast((set(run.status().get("stages_done", [])) if resume else set(),
-                                    run.status().get("started_at")) if main else None)
-    node_status = not main and world.is_local_main and run.status().get("started_at") != origin
+    status = run.status()
+    done, origin = world.broadcast((set(status.get("stages_done", [])) if resume else set(),
+                                    status.get("started_at")) if main else None)
+    node_status = not main and world.is_local_main and status.get("started_at") != origin
     stop = run.stop_flag(writes_status=main)
     if main:
         begin(run, resume, done)

@@ -116,10 +116,7 @@ def register(stage: Stage, section: type[BaseModel] | None = None) -> None:
     The registry is the process's own: a detached run and every torchrun rank import engine.stages afresh, so a
     stage meant to run there is registered in engine/stages/__init__.py, not by the code that launches it."""
     if stage.name not in STAGE_ORDER:
-        wanted = section or NoSettings
-        if EXTRA_SECTIONS.get(stage.name) is not wanted:
-            EXTRA_SECTIONS.pop(stage.name, None)
-            register_stage_section(stage.name, wanted)
+        register_stage_section(stage.name, section or NoSettings)
     _STAGES[stage.name] = stage
 
 

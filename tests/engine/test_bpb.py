@@ -30,7 +30,7 @@ def test_a_model_with_uniform_logits_scores_exactly_t_ln_v_over_ln2_bytes(builti
     tokens (`</s>`) are not scored, every other token costs ln V, and the bytes are those of the scored text."""
     tokenizer = load_tokenizer(builtin_dir)
     vocab = len(tokenizer) + 7  # unused embedding rows still take probability: V is the model's width
-    lengths = token_bytes(tokenizer, builtin_dir)
+    lengths = token_bytes(tokenizer)
     sequences = [tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id] for text in TEXTS]
     result = bits_per_byte(uniform_model(vocab), sequences, lengths, resolve_precision("cpu", "float32"))
     scored = sum(len(ids) - 2 for ids in sequences)  # not the first token, not </s>
@@ -46,7 +46,7 @@ def test_token_bytes_are_exact_for_pieces_of_a_character(builtin_dir: Path) -> N
     BPE) by decoding it alone, which gives U+FFFD (3 bytes) for any broken piece: the bytes of a text's tokens
     must add up to the text's own UTF-8 bytes."""
     tokenizer = load_tokenizer(builtin_dir)
-    lengths = token_bytes(tokenizer, builtin_dir)
+    lengths = token_bytes(tokenizer)
     for text in TEXTS:
         ids = tokenizer.encode(text, add_special_tokens=False)
         assert int(lengths[ids].sum()) == len(text.encode("utf-8")), text
@@ -57,7 +57,7 @@ def test_long_text_cut_into_windows_predicts_each_token_once(builtin_dir: Path) 
     """Guards against windows of a long document scoring the tokens where they overlap twice (or skipping
     them): the counts equal one window's."""
     tokenizer = load_tokenizer(builtin_dir)
-    lengths = token_bytes(tokenizer, builtin_dir)
+    lengths = token_bytes(tokenizer)
     ids = tokenizer.encode(" ".join(TEXTS * 4), add_special_tokens=False)
     model, cpu = uniform_model(len(tokenizer)), resolve_precision("cpu", "float32")
     whole = bits_per_byte(model, [ids], lengths, cpu, max_len=len(ids))
