@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from engine.runs.liveness import process_start_time
 from engine.runs.run import Run
 
 TRASH_PREFIX = ".deleting-"  # runs/.deleting-<pid>-<run id>: a folder being removed; hidden from list_runs
@@ -34,9 +35,8 @@ def delete_run(run_dir: Path) -> None:
 
 def _remove_abandoned_trash(out_dir: Path) -> None:
     """Finish the deletes of processes that were killed half-way through removing a run (it can be gigabytes)."""
-    import psutil
-
     for trash in out_dir.glob(f"{TRASH_PREFIX}*"):
         pid = trash.name.removeprefix(TRASH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+        # A killed deleter that nobody reaped is a zombie: dead, though its pid still exists (engine.runs.liveness).
+        if pid.isdigit() and int(pid) != os.getpid() and process_start_time(int(pid)) is None:
             shutil.rmtree(trash, ignore_errors=True)

@@ -190,3 +190,20 @@ def test_a_foreground_run_parses_its_preset_once(make_preset, tmp_path: Path, mo
     assert parsed == [str(path)]
     (run_dir,) = (tmp_path / "runs").iterdir() if (tmp_path / "runs").is_dir() else [None]
     assert run_dir is not None and read_status(run_dir)["state"] == "finished"
+
+
+def test_the_leftovers_of_a_deleter_that_died_a_zombie_are_removed(tmp_path: Path) -> None:
+    """Guards against the twin of the zombie bug in deleting: a delete killed half-way in a container that never
+    reaps leaves a zombie whose pid still exists, and its half-removed run (gigabytes) was kept for ever."""
+    from engine.runs.manage import TRASH_PREFIX, _remove_abandoned_trash
+
+    child = _zombie()
+    try:
+        trash = tmp_path / f"{TRASH_PREFIX}{child.pid}-20250101-000000-old"
+        (trash / "checkpoints").mkdir(parents=True)
+        alive = tmp_path / f"{TRASH_PREFIX}{os.getpid()}-20250101-000000-mine"  # a delete under way in this process
+        alive.mkdir()
+        _remove_abandoned_trash(tmp_path)
+        assert not trash.exists() and alive.exists()
+    finally:
+        child.wait()
