@@ -128,5 +128,12 @@ def delete(run_dir: Path) -> None:
 
 
 def runs(out_dir: str | Path = "runs") -> list[RunSummary]:
-    """A summary of every run under out_dir, oldest first."""
-    return [summarize(run_dir) for run_dir in list_runs(out_dir)]
+    """A summary of every run under out_dir, oldest first (the CLI's `runs` and the studio's table, cheap enough
+    for 1 Hz); a run whose files cannot be read is a `broken` row, not a failure of the whole listing."""
+    rows = []
+    for run_dir in list_runs(out_dir):
+        try:
+            rows.append(summarize(run_dir))
+        except (OSError, ValueError, PresetError):  # an unreadable directory, a hand-edited preset.toml
+            rows.append(RunSummary(run_dir, "?", RunState.BROKEN, None, 0, 0, None, None, None, None, None))
+    return rows

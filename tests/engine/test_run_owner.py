@@ -207,3 +207,16 @@ def test_the_leftovers_of_a_deleter_that_died_a_zombie_are_removed(tmp_path: Pat
         assert not trash.exists() and alive.exists()
     finally:
         child.wait()
+
+
+def test_one_unreadable_run_is_a_broken_row_not_a_failed_listing(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """Guards against `minimind-studio runs` failing as a whole on one hand-edited preset.toml (the studio's table
+    showed such a run as broken; the CLI's listing, a second copy of the same loop, raised instead)."""
+    from studio.cli import main
+
+    broken = run.dir.parent / "20250101-000000-edited"
+    (broken / "control").mkdir(parents=True)
+    (broken / "preset.toml").write_text("stages = [", encoding="utf-8")  # not TOML; no status.json names it
+    assert main(["runs", "--out-dir", str(run.dir.parent)]) == 0
+    printed = capsys.readouterr().out
+    assert "broken" in printed and run.name[:15] in printed

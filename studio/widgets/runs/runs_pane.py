@@ -27,7 +27,6 @@ from studio.errors import shown_error
 from studio.exporter import ExportRequest
 from studio.messages import ExportDone, ExportFailed, OpenRuns, RunsScanned
 from studio.paths import display_path
-from studio.run_rows import scan_runs
 from studio.runs_table import COLUMNS, row_cells
 from studio.screens.confirm_modal import ConfirmModal
 from studio.screens.export_modal import ExportModal
@@ -72,7 +71,7 @@ class RunsPane(Pane):
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-scan", name="reading run directories")
     def scan(self) -> None:
         try:
-            rows = scan_runs(self.studio_app.runs_dir)
+            rows = runs.runs(self.studio_app.runs_dir)
         except OSError as error:  # every second: a hint, not a modal per scan
             self.post_message(RunsScanned([], f"cannot read {error.filename}: {error.strerror}"))
             return
@@ -224,7 +223,7 @@ class RunsPane(Pane):
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-delete", name="delete")
     def _delete(self, run_dir: Path) -> None:
         runs.delete(run_dir)  # refuses (RunBusy) a run resumed since the question, by this studio or another
-        self.post_message(RunsScanned(scan_runs(self.studio_app.runs_dir)))
+        self.post_message(RunsScanned(runs.runs(self.studio_app.runs_dir)))
 
     def action_new(self) -> None:
         self.studio_app.action_show_tab("presets")
